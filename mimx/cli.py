@@ -1,0 +1,115 @@
+"""The ``mimx`` command: ``mimx <modality> <action> [hydra overrides | arguments]``.
+
+The only module of the core that reaches into ``mimx.modalities``, and only by
+name, lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import sys
+from collections.abc import Sequence
+
+from mimx.actions import Action
+from mimx.config import UserError
+
+MODALITIES = {
+    "image": "images: MAE (and SimMIM-style) pretraining on ViT patches",
+}
+
+
+def _actions(modality: str) -> dict[str, Action]:
+    return importlib.import_module(f"mimx.modalities.{modality}.actions").ACTIONS
+
+
+def _usage() -> str:
+    lines = ["usage: mimx <modality> <action> [overrides...]", "", "modalities and actions:"]
+    for name, text in MODALITIES.items():
+        lines.append(f"  {name:<11} {text}")
+        for action, spec in _actions(name).items():
+            lines.append(f"      {action:<10} {spec.help}")
+    lines += ["", "Actions with a config take hydra overrides (key=value, group=option); add --cfg job to",
+              "print the resolved config, --help for the config groups. Example:",
+              "  mimx image pretrain experiment=demo train.batch_size=32"]
+    return "\n".join(lines)
+
+
+def _config_groups(modality: str, config: str) -> str:
+    root = importlib.resources.files(f"mimx.configs.{modality}")
+    lines = [f"usage: mimx {modality} {config} [--cfg job] [key=value ...] [group=option ...]", "",
+             f"config: configs/{modality}/{config}.yaml; groups and options:"]
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith("_"):
+            options = sorted(f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml"))
+            if options:
+                lines.append(f"  {entry.name:<11} {', '.join(options)}")
+    lines.append("\nSee every key with --cfg job; unknown keys are refused.")
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from mimx import __version__
+
+        print(f"mimx {__version__}")
+        return 0
+    modality = argv.pop(0)
+    if modality not in MODALITIES:
+        raise UserError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)} (mimx --help)")
+    actions = _actions(modality)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: mimx {modality} <action> ...\n\nactions:")
+        for name, spec in actions.items():
+            print(f"  {name:<10} {spec.help}")
+        return 0
+    name = argv.pop(0)
+    if name not in actions:
+        raise UserError(f"unknown action {name!r} for {modality}; choose one of {', '.join(actions)}")
+    action = actions[name]
+    if action.config is None:
+        return int(action.load()(argv) or 0)
+
+    if "-h" in argv or "--help" in argv:
+        print(_config_groups(modality, action.config))
+        return 0
+    print_cfg = False
+    if "--cfg" in argv:
+        i = argv.index("--cfg")
+        if i + 1 >= len(argv) or argv[i + 1] not in ("job", "all"):
+            raise UserError("--cfg takes 'job' (print the resolved config and exit)")
+        del argv[i : i + 2]
+        print_cfg = True
+    bad = [a for a in argv if a.startswith("-")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]}; {modality} {name} takes hydra overrides like key=value")
+
+    from omegaconf import OmegaConf
+
+    from mimx.config import compose
+
+    cfg = compose(f"mimx.configs.{modality}", action.config, argv)
+    if print_cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    action.load()(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"mimx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mimx: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

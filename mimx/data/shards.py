@@ -1,0 +1,221 @@
+"""Shard lists (paths, brace patterns, globs, folders, ``pipe:`` URLs) and an atomic shard writer."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+
+from mimx.config import UserError
+
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE_PREFIXES)
+
+
+def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]:
+    """Expand a shard spec into a list of URLs.
+
+    Accepts a list, or a string of ``::``-separated parts, each a brace pattern
+    (``data/train-{000000..000099}.tar``), a glob (``data/*.tar``), a folder
+    (all ``*.tar`` in it) or a URL (``pipe:curl -s https://.../x.tar``). With
+    ``check``, missing local shards raise one error naming them.
+    """
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for part in parts:
+        for piece in str(part).split("::"):
+            piece = os.path.expandvars(os.path.expanduser(piece.strip()))
+            if not piece:
+                continue
+            for url in braceexpand.braceexpand(piece):
+                if is_remote(url):
+                    urls.append(url)
+                elif os.path.isdir(url):
+                    found = sorted(glob.glob(os.path.join(url, "*.tar")))
+                    if check and not found:
+                        raise UserError(f"folder {url} holds no .tar shards; write some with `mimx <modality> "
+                                        "shards SRC OUT` or point data.shards at your shards")
+                    urls.extend(found)
+                elif any(ch in url for ch in "*?["):
+                    found = sorted(glob.glob(url))
+                    if check and not found:
+                        raise UserError(f"no shards match {url}; check the path in data.shards")
+                    urls.extend(found)
+                else:
+                    urls.append(url)
+    if check:
+        if not urls:
+            raise UserError(f"data.shards {spec!r} names no shards")
+        missing = [u for u in urls if not is_remote(u) and not os.path.isfile(u)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise UserError(f"{len(missing)} of {len(urls)} shards not found: {', '.join(missing[:3])}{more}; "
+                            "fix data.shards (brace patterns like train-{000000..000009}.tar work)")
+    return urls
+
+
+def sample_key(name: str) -> tuple[str, str]:
+    """Split a tar member name into (sample key, extension) the way webdataset groups files."""
+    directory, base = os.path.split(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return os.path.join(directory, stem), ext
+
+
+def count_samples(url: str) -> int:
+    """Samples in one local shard, from the tar headers only (no data is read)."""
+    keys = set()
+    with tarfile.open(url, "r:*") as tar:
+        for member in tar:
+            if member.isreg() and not os.path.basename(member.name).startswith("__"):
+                keys.add(sample_key(member.name)[0])
+    return len(keys)
+
+
+def dataset_size(urls: Sequence[str]) -> int:
+    """Total samples of local shards; reads ``<shard>.json`` sidecars where the writer left them."""
+    total = 0
+    for url in urls:
+        if is_remote(url):
+            raise UserError(f"cannot count samples in remote shard {url}; set data.num_samples")
+        sidecar = Path(url).with_suffix(".json")
+        if sidecar.exists():
+            try:
+                total += int(json.loads(sidecar.read_text())["count"])
+                continue
+            except (ValueError, KeyError):
+                pass
+        try:
+            total += count_samples(url)
+        except (tarfile.TarError, OSError) as exc:
+            raise UserError(f"shard {url} cannot be read ({exc}); it is damaged or not a tar file. "
+                            "Rewrite it or drop it from data.shards") from None
+    return total
+
+
+class ShardWriter:
+    """Writes samples into ``<prefix>-000000.tar, ...`` shards of about ``max_bytes`` each.
+
+    Each shard is written to a temporary name and renamed when complete, so a
+    crash never leaves a truncated shard under a final name; existing shards
+    are never overwritten unless ``overwrite``. A ``.json`` sidecar records the
+    sample count. Samples are dicts ``{"__key__": str, "<ext>": bytes | str | dict}``.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, *, max_bytes: int = 256 * 2**20, max_count: int = 100_000,
+                 overwrite: bool = False) -> None:
+        self.prefix = str(prefix)
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+        self.overwrite = overwrite
+        self.shards: list[str] = []
+        self.total = 0
+        self._tar: tarfile.TarFile | None = None
+        self._tmp = ""
+        self._count = 0
+        self._bytes = 0
+        self._keys: set[str] = set()
+        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        if not overwrite:
+            existing = sorted(glob.glob(glob.escape(self.prefix) + "-[0-9]*.tar"))
+            if existing:
+                raise UserError(f"{existing[0]} already exists; write to another folder or pass --overwrite")
+
+    def _name(self, index: int) -> str:
+        return f"{self.prefix}-{index:06d}.tar"
+
+    def _open(self) -> None:
+        final = self._name(len(self.shards))
+        self._tmp = final + ".tmp"
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in _close)
+        self._count = 0
+        self._bytes = 0
+        self._keys = set()
+
+    def _close(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        final = self._name(len(self.shards))
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, final)
+        Path(final).with_suffix(".json").write_text(json.dumps({"count": self._count}))
+        self.shards.append(final)
+        self._tar = None
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample.get("__key__")
+        if not key or "." in key.rsplit("/", 1)[-1]:
+            raise ValueError(f"sample key {key!r} must be non-empty and contain no '.'")
+        if self._tar is not None and (self._count >= self.max_count or self._bytes >= self.max_bytes):
+            self._close()
+        if self._tar is None:
+            self._open()
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in shard {self._name(len(self.shards))}")
+        self._keys.add(key)
+        for ext, value in sample.items():
+            if ext.startswith("__"):
+                continue
+            data = _to_bytes(value)
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+            self._bytes += len(data) + 512
+        self._count += 1
+        self.total += 1
+
+    def write_all(self, samples: Iterable[dict[str, Any]]) -> None:
+        for sample in samples:
+            self.write(sample)
+
+    def close(self) -> list[str]:
+        self._close()
+        if self.overwrite:  # drop stale shards of an earlier, longer write with this prefix
+            for stale in glob.glob(glob.escape(self.prefix) + "-[0-9]*.tar"):
+                if stale not in self.shards:
+                    Path(stale).unlink()
+                    Path(stale).with_suffix(".json").unlink(missing_ok=True)
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file), keeping finished shards."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            Path(self._tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value).encode()
+    raise TypeError(f"cannot store {type(value).__name__} in a shard; encode it to bytes first")

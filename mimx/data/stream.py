@@ -1,0 +1,238 @@
+"""Streaming samples from tar shards with exact, resumable positions.
+
+Each DataLoader worker reads an endless sequence of epochs. In epoch ``e`` the
+shard list is shuffled with ``(seed, e)`` and split by rank, then by worker
+(``split_by_node`` + ``split_by_worker``); in resampled mode each worker draws
+its shards with replacement instead. Samples pass a seeded shuffle buffer,
+then the modality's ``decode(sample, rng)`` with a per-sample generator, then
+batching. Every batch carries ``(worker, epoch, samples consumed)``, so a
+trainer that records the position of the batches it used can restart each
+worker at that exact point: the skipped samples are read but never decoded.
+
+A sample that cannot be decoded and a shard that cannot be read are skipped,
+counted, and reported with their names; they never stop training.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from mimx.config import UserError
+
+Decoder = Callable[[dict[str, Any], np.random.Generator], dict[str, Any] | None]
+
+
+@dataclass
+class SkipLog:
+    """Counts of skipped samples and unreadable shards, with the first few names and reasons."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    keep: int = 20
+
+    def add(self, what: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.keep:
+            self.examples.append(what)
+
+    def extend(self, items: Sequence[str]) -> None:
+        for item in items:
+            self.add(item)
+
+    def report(self) -> str:
+        if not self.count:
+            return "no corrupt samples or unreadable shards"
+        lines = [f"skipped {self.count} corrupt sample(s) or unreadable shard(s):"]
+        lines += [f"  - {e}" for e in self.examples]
+        if self.count > len(self.examples):
+            lines.append(f"  ... and {self.count - len(self.examples)} more")
+        return "\n".join(lines)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "examples": list(self.examples)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state.get("count", 0))
+        self.examples = list(state.get("examples", []))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def shuffle_buffer(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """Reservoir shuffle with a buffer of ``size`` items (``size <= 1`` keeps the order)."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        k = rng.randrange(size)
+        yield buf[k]
+        buf[k] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardStream(IterableDataset):
+    """Endless, resumable stream of decoded batches from tar shards (see module docstring)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        decode: Decoder,
+        *,
+        batch_size: int,
+        shuffle: int = 1000,
+        resampled: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        collate: Callable[[list[Any]], Any] = default_collate,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise UserError("no shards to read")
+        self.urls = list(urls)
+        self.decode = decode
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.resampled = resampled
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.collate = collate
+        self.start: dict[int, tuple[int, int]] = {}
+
+    def check_split(self, num_workers: int) -> None:
+        """Every (rank, worker) pair needs a shard unless shards are resampled."""
+        readers = self.world * max(1, num_workers)
+        if not self.resampled and len(self.urls) < readers:
+            raise UserError(
+                f"data.shards has {len(self.urls)} shard(s) but {self.world} rank(s) x {max(1, num_workers)} "
+                f"worker(s) each need at least one: write smaller shards (shards --max-size), lower "
+                f"data.num_workers, or set data.resampled=true")
+
+    def epoch_urls(self, epoch: int, worker: int, num_workers: int) -> list[str]:
+        """Shards read by ``worker`` of this rank in ``epoch``."""
+        if self.resampled:
+            rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
+            count = max(1, math.ceil(len(self.urls) / (self.world * num_workers)))
+            return [rng.choice(self.urls) for _ in range(count)]
+        order = list(self.urls)
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        return order[self.rank :: self.world][worker::num_workers]
+
+    def _raw(self, urls: list[str], skips: list[str]) -> Iterator[dict[str, Any]]:
+        def handler(exc: BaseException) -> bool:
+            where = next((a for a in reversed(exc.args) if isinstance(a, str) and a in urls), None)
+            skips.append(f"shard {where or '?'}: {_short(exc)}")
+            return True
+
+        return tarfile_samples(({"url": u} for u in urls), handler=handler)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, skip = self.start.get(worker, (0, 0))
+        pending: list[str] = []
+        batch: list[Any] = []
+        while True:
+            urls = self.epoch_urls(epoch, worker, num_workers)
+            rng = random.Random(f"{self.seed}-{self.rank}-{worker}-{epoch}")
+            consumed = decoded = 0
+            for sample in shuffle_buffer(self._raw(urls, pending), self.shuffle, rng):
+                consumed += 1
+                if consumed <= skip:
+                    continue
+                sample_rng = np.random.default_rng([self.seed, self.rank, worker, epoch, consumed])
+                try:
+                    item = self.decode(sample, sample_rng)
+                except Exception as exc:  # a corrupt sample never stops the stream
+                    pending.append(f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}: {_short(exc)}")
+                    continue
+                if item is None:
+                    continue
+                decoded += 1
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    out = self.collate(batch)
+                    out["_pos"] = (worker, epoch, consumed)
+                    out["_skips"] = pending
+                    yield out
+                    batch, pending = [], []
+            if decoded == 0 and consumed > skip:
+                raise UserError(f"rank {self.rank} worker {worker}: none of the {consumed - skip} samples in "
+                                f"{len(urls)} shard(s) could be decoded, e.g. {pending[:3]}")
+            if consumed == 0:
+                raise UserError(f"rank {self.rank} worker {worker}: no sample could be read from {urls[:3]}: "
+                                f"{pending[:3] or 'the shards are empty'}")
+            epoch, skip = epoch + 1, 0
+
+
+class StreamLoader:
+    """A DataLoader over a :class:`ShardStream` that remembers where the consumed batches came from.
+
+    ``state_dict()`` after a batch was used, ``load_state_dict()`` before
+    iterating: the next batch is then exactly the one that would have followed.
+    """
+
+    def __init__(self, stream: ShardStream, *, num_workers: int = 2, pin_memory: bool = False,
+                 prefetch_factor: int = 4) -> None:
+        stream.check_split(num_workers)
+        self.stream = stream
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.positions: dict[int, tuple[int, int]] = {}
+        self.skips = SkipLog()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "world": self.stream.world,
+                "positions": {int(w): list(p) for w, p in self.positions.items()},
+                "skips": self.skips.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        positions = {int(w): (int(p[0]), int(p[1])) for w, p in state.get("positions", {}).items()}
+        self.skips.load_state_dict(state.get("skips", {}))
+        if state.get("num_workers") != self.num_workers or state.get("world") != self.stream.world:
+            epoch = min((p[0] for p in positions.values()), default=0)
+            warnings.warn(
+                f"data loader layout changed (workers {state.get('num_workers')} -> {self.num_workers}, ranks "
+                f"{state.get('world')} -> {self.stream.world}): the data order cannot be replayed exactly; "
+                f"resuming every worker at the start of epoch {epoch}", stacklevel=2)
+            positions = {w: (epoch, 0) for w in range(max(1, self.num_workers))}
+        self.positions = dict(positions)
+        self.stream.start = dict(positions)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loader = DataLoader(
+            self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            persistent_workers=False,
+        )
+        for batch in loader:
+            worker, epoch, consumed = batch.pop("_pos")
+            self.skips.extend(batch.pop("_skips"))
+            self.positions[int(worker)] = (int(epoch), int(consumed))
+            yield batch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,280 @@
+"""Token masking: which tokens the encoder sees and which the model must reconstruct.
+
+Every generator returns a :class:`Mask` with the same number of hidden tokens in
+each sample, so gathering the visible tokens is one batched ``torch.gather``.
+``mask`` is True where a token is hidden (to be reconstructed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mimx.config import UserError
+
+
+@dataclass
+class Mask:
+    """A batch of masks with a fixed visible count ``K`` per sample.
+
+    Attributes:
+        mask: ``[B, L]`` bool, True = hidden.
+        ids_keep: ``[B, K]`` indices of the visible tokens, in shuffle order.
+        ids_restore: ``[B, L]`` inverse permutation: position of each token in
+            the (visible first, hidden after) shuffled order.
+    """
+
+    mask: torch.Tensor
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+
+    @property
+    def num_visible(self) -> int:
+        return self.ids_keep.shape[1]
+
+    def to(self, device: torch.device | str) -> Mask:
+        return Mask(self.mask.to(device), self.ids_keep.to(device), self.ids_restore.to(device))
+
+    @staticmethod
+    def from_bool(mask: torch.Tensor) -> Mask:
+        """Build ids from a boolean mask; every row must hide the same number of tokens."""
+        if mask.dtype != torch.bool:
+            mask = mask.bool()
+        hidden = mask.sum(1)
+        if hidden.numel() and not bool((hidden == hidden[0]).all()):
+            raise ValueError(
+                f"masks hide different token counts per sample ({hidden.tolist()}); the encoder drops "
+                "hidden tokens, so every sample needs the same count (use an exact mask generator)"
+            )
+        # stable sort puts visible tokens (0) first, each group in index order
+        ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        num_keep = mask.shape[1] - (int(hidden[0]) if hidden.numel() else 0)
+        return Mask(mask, ids_shuffle[:, :num_keep], ids_restore)
+
+
+def check_ratio(ratio: float, name: str = "mask ratio") -> float:
+    """Return ``ratio`` if it lies strictly inside (0, 1), else raise one clear error."""
+    if not (isinstance(ratio, (int, float)) and 0.0 < float(ratio) < 1.0):
+        raise UserError(f"{name} must be strictly between 0 and 1, got {ratio!r} (e.g. masking.ratio=0.75)")
+    return float(ratio)
+
+
+def num_visible(num_tokens: int, ratio: float) -> int:
+    """Visible tokens for a mask ratio: ``floor(L * (1 - ratio))``, as MAE and transformers, at least 1."""
+    return max(1, int(num_tokens * (1 - ratio)))
+
+
+def random_mask(
+    batch: int,
+    num_tokens: int,
+    ratio: float,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Mask:
+    """MAE random masking: argsort of per-token noise; the lowest-noise tokens stay visible.
+
+    Give ``noise`` (``[B, L]``) for a fully determined mask, or a ``generator``.
+    """
+    check_ratio(ratio)
+    if noise is None:
+        gen_device = generator.device if generator is not None else device
+        noise = torch.rand(batch, num_tokens, generator=generator, device=gen_device)
+    elif noise.shape != (batch, num_tokens):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(batch, num_tokens)}")
+    if device is not None:
+        noise = noise.to(device)
+    keep = num_visible(num_tokens, ratio)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = ids_restore >= keep
+    return Mask(mask, ids_shuffle[:, :keep], ids_restore)
+
+
+def tube_mask(
+    batch: int,
+    frames: int,
+    tokens_per_frame: int,
+    ratio: float,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Mask:
+    """One spatial random mask repeated over ``frames`` (VideoMAE tube masking); tokens are time-major."""
+    spatial = random_mask(batch, tokens_per_frame, ratio, noise=noise, generator=generator, device=device)
+    return Mask.from_bool(spatial.mask.repeat(1, frames))
+
+
+def coarse_mask(
+    batch: int,
+    grid: tuple[int, int],
+    cell: int,
+    ratio: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Mask:
+    """SimMIM masking: random coarse cells of ``cell x cell`` patches, upsampled to the patch grid.
+
+    Hides ``ceil(cells * ratio)`` cells, so exactly that many times ``cell**2`` patches.
+    """
+    check_ratio(ratio)
+    h, w = grid
+    if h % cell or w % cell:
+        raise UserError(f"patch grid {h}x{w} is not divisible by the mask cell of {cell} patches")
+    gh, gw = h // cell, w // cell
+    cells = gh * gw
+    hidden = min(cells - 1, math.ceil(cells * ratio))
+    gen_device = generator.device if generator is not None else device
+    noise = torch.rand(batch, cells, generator=generator, device=gen_device)
+    rank = torch.argsort(torch.argsort(noise, dim=1), dim=1)
+    coarse = (rank < hidden).view(batch, gh, gw)
+    fine = coarse.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2).reshape(batch, h * w)
+    return Mask.from_bool(fine if device is None else fine.to(device))
+
+
+def block_mask_numpy(
+    grid: tuple[int, int],
+    num_hidden: int,
+    rng: np.random.Generator,
+    *,
+    min_block: int = 16,
+    max_block: int | None = None,
+    min_aspect: float = 0.3,
+    attempts: int = 10,
+    exact: bool = True,
+) -> np.ndarray:
+    """BEiT block-wise masking for one sample: rectangles of random area and log-uniform aspect.
+
+    Blocks are added until ``num_hidden`` patches are hidden or no block fits in
+    ``attempts`` tries; with ``exact`` the shortfall is filled with random patches
+    so the count is exactly ``num_hidden``. Cheap enough for data workers.
+    """
+    h, w = grid
+    mask = np.zeros((h, w), dtype=bool)
+    max_block = num_hidden if max_block is None else max_block
+    log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
+    count = 0
+    while count < num_hidden:
+        budget = min(num_hidden - count, max_block)
+        added = 0
+        for _ in range(attempts):
+            area = rng.uniform(min(min_block, budget), budget)
+            aspect = math.exp(rng.uniform(*log_aspect))
+            bh = int(round(math.sqrt(area * aspect)))
+            bw = int(round(math.sqrt(area / aspect)))
+            if 0 < bh < h and 0 < bw < w:
+                top = int(rng.integers(0, h - bh + 1))
+                left = int(rng.integers(0, w - bw + 1))
+                block = mask[top : top + bh, left : left + bw]
+                new = bh * bw - int(block.sum())
+                if 0 < new <= budget:
+                    block[...] = True
+                    added = new
+                    break
+        if added == 0:
+            break
+        count += added
+    if exact and count < num_hidden:
+        free = np.flatnonzero(~mask.reshape(-1))
+        mask.reshape(-1)[rng.choice(free, num_hidden - count, replace=False)] = True
+    return mask.reshape(-1)
+
+
+def block_mask(
+    batch: int,
+    grid: tuple[int, int],
+    ratio: float,
+    *,
+    seed: int | None = None,
+    min_block: int = 16,
+    min_aspect: float = 0.3,
+    device: torch.device | str | None = None,
+) -> Mask:
+    """BEiT block-wise masks for a batch, with exactly ``round(L * ratio)`` hidden patches each."""
+    check_ratio(ratio)
+    num_tokens = grid[0] * grid[1]
+    hidden = min(num_tokens - 1, int(round(num_tokens * ratio)))
+    rng = np.random.default_rng(seed)
+    rows = [block_mask_numpy(grid, hidden, rng, min_block=min_block, min_aspect=min_aspect) for _ in range(batch)]
+    return Mask.from_bool(torch.from_numpy(np.stack(rows)).to(device))
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``x[b, ids[b]]`` for ``x`` of shape ``[B, L, ...]``."""
+    index = ids.reshape(*ids.shape, *([1] * (x.dim() - 2))).expand(*ids.shape, *x.shape[2:])
+    return torch.gather(x, 1, index)
+
+
+def _seed_from(generator: torch.Generator | None) -> int | None:
+    if generator is None:
+        return None
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+class RandomMasking:
+    """MAE: hide a random ``ratio`` of the tokens, independently per sample."""
+
+    def __init__(self, ratio: float = 0.75) -> None:
+        self.ratio = check_ratio(ratio)
+
+    def __call__(self, batch: int, num_tokens: int, layout, *, noise=None, generator=None, device=None) -> Mask:
+        return random_mask(batch, num_tokens, self.ratio, noise=noise, generator=generator, device=device)
+
+    def __repr__(self) -> str:
+        return f"RandomMasking(ratio={self.ratio})"
+
+
+class TubeMasking:
+    """VideoMAE: one spatial random mask shared by all time steps of a ``(t, h, w)`` grid."""
+
+    def __init__(self, ratio: float = 0.9) -> None:
+        self.ratio = check_ratio(ratio)
+
+    def __call__(self, batch: int, num_tokens: int, layout, *, noise=None, generator=None, device=None) -> Mask:
+        t, h, w = layout
+        return tube_mask(batch, t, h * w, self.ratio, noise=noise, generator=generator, device=device)
+
+
+class BlockMasking:
+    """BEiT block-wise masking on a 2-D ``(h, w)`` grid, exact hidden count."""
+
+    def __init__(self, ratio: float = 0.4, min_block: int = 16, min_aspect: float = 0.3) -> None:
+        self.ratio = check_ratio(ratio)
+        self.min_block = min_block
+        self.min_aspect = min_aspect
+
+    def __call__(self, batch: int, num_tokens: int, layout, *, noise=None, generator=None, device=None) -> Mask:
+        if noise is not None:
+            raise ValueError("block masking is driven by a generator, not by a noise tensor")
+        return block_mask(batch, tuple(layout), self.ratio, seed=_seed_from(generator),
+                          min_block=self.min_block, min_aspect=self.min_aspect, device=device)
+
+
+class CoarseMasking:
+    """SimMIM: random cells of ``cell x cell`` patches on a 2-D grid."""
+
+    def __init__(self, ratio: float = 0.6, cell: int = 2) -> None:
+        self.ratio = check_ratio(ratio)
+        self.cell = cell
+
+    def __call__(self, batch: int, num_tokens: int, layout, *, noise=None, generator=None, device=None) -> Mask:
+        if noise is not None:
+            raise ValueError("coarse masking is driven by a generator, not by a noise tensor")
+        return coarse_mask(batch, tuple(layout), self.cell, self.ratio, generator=generator, device=device)
+
+
+MASKINGS = {"random": RandomMasking, "tube": TubeMasking, "block": BlockMasking, "coarse": CoarseMasking}
+
+
+def build_masking(kind: str, **kwargs) -> RandomMasking | TubeMasking | BlockMasking | CoarseMasking:
+    """Masking generator by name (``random``, ``tube``, ``block``, ``coarse``)."""
+    if kind not in MASKINGS:
+        raise UserError(f"unknown masking {kind!r}; choose one of {', '.join(MASKINGS)}")
+    return MASKINGS[kind](**kwargs)

@@ -1,0 +1,127 @@
+"""Cutting N-D signals into patch tokens and putting them back.
+
+Works on ``[B, C, *spatial]`` for any number of spatial axes (images: 2, video
+tubelets: 3). Tokens are in row-major grid order; the values of one token are
+ordered ``(patch axes..., channel)``, as in the MAE reference code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mimx.config import UserError
+
+
+def grid_size(spatial: Sequence[int], patch: Sequence[int], what: str = "input") -> tuple[int, ...]:
+    """Tokens per axis; raises one clear error when an axis is not divisible by the patch."""
+    if len(spatial) != len(patch):
+        raise ValueError(f"{what} has {len(spatial)} spatial axes but the patch has {len(patch)}")
+    bad = [(s, p) for s, p in zip(spatial, patch, strict=True) if s % p]
+    if bad:
+        size = "x".join(str(s) for s in spatial)
+        psize = "x".join(str(p) for p in patch)
+        fix = "x".join(str(max(p, (s // p) * p)) for s, p in zip(spatial, patch, strict=True))
+        raise UserError(
+            f"{what} size {size} is not divisible by the patch size {psize}; resize or crop it to a "
+            f"multiple of the patch (for example {fix})"
+        )
+    return tuple(s // p for s, p in zip(spatial, patch, strict=True))
+
+
+def patchify(x: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
+    """``[B, C, *S] -> [B, L, prod(patch) * C]``."""
+    b, c, *spatial = x.shape
+    grid = grid_size(spatial, patch)
+    n = len(patch)
+    shape = [b, c]
+    for g, p in zip(grid, patch, strict=True):
+        shape += [g, p]
+    x = x.reshape(shape)
+    grid_axes = [2 + 2 * i for i in range(n)]
+    patch_axes = [3 + 2 * i for i in range(n)]
+    x = x.permute(0, *grid_axes, *patch_axes, 1)
+    return x.reshape(b, math.prod(grid), math.prod(patch) * c)
+
+
+def unpatchify(tokens: torch.Tensor, patch: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``[B, L, prod(patch) * C] -> [B, C, *S]``."""
+    b, length, width = tokens.shape
+    n = len(patch)
+    if length != math.prod(grid) or width != math.prod(patch) * channels:
+        raise ValueError(
+            f"tokens of shape {tuple(tokens.shape)} do not match grid {tuple(grid)}, patch {tuple(patch)} "
+            f"and {channels} channels"
+        )
+    x = tokens.reshape(b, *grid, *patch, channels)
+    order = [0, 1 + 2 * n]
+    for i in range(n):
+        order += [1 + i, 1 + n + i]
+    x = x.permute(order)
+    return x.reshape(b, channels, *[g * p for g, p in zip(grid, patch, strict=True)])
+
+
+def normalize_patches(patches: torch.Tensor, channels: int | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Per-token normalisation of pixel targets (MAE's norm-pix loss).
+
+    With ``channels=None`` each token is normalised over all its values with
+    ``(x - mean) / sqrt(var + eps)`` (unbiased variance), as MAE. With a channel
+    count, each channel of a token is normalised on its own.
+    """
+    if channels is None:
+        mean = patches.mean(dim=-1, keepdim=True)
+        var = patches.var(dim=-1, keepdim=True)
+        return (patches - mean) / (var + eps).sqrt()
+    shaped = patches.unflatten(-1, (-1, channels))
+    mean = shaped.mean(dim=-2, keepdim=True)
+    var = shaped.var(dim=-2, keepdim=True)
+    return ((shaped - mean) / (var + eps).sqrt()).flatten(-2)
+
+
+def patch_stats(patches: torch.Tensor, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance used by :func:`normalize_patches`, to undo it later."""
+    if channels is None:
+        return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
+    shaped = patches.unflatten(-1, (-1, channels))
+    mean, var = shaped.mean(dim=-2, keepdim=True), shaped.var(dim=-2, keepdim=True)
+    return mean.expand_as(shaped).flatten(-2), var.expand_as(shaped).flatten(-2)
+
+
+def denormalize_patches(
+    normalized: torch.Tensor, reference: torch.Tensor, channels: int | None = None, eps: float = 1e-6
+) -> torch.Tensor:
+    """Undo :func:`normalize_patches` with the statistics of ``reference`` (the original patches)."""
+    mean, var = patch_stats(reference, channels)
+    return normalized * (var + eps).sqrt() + mean
+
+
+class PatchTokenizer(nn.Module):
+    """Linear embedding of non-overlapping N-D patches (a ConvNd with stride = kernel).
+
+    Returns the tokens and the token grid; 2-D patches give image tokens,
+    3-D patches give video tubelets.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch: Sequence[int]) -> None:
+        super().__init__()
+        self.patch = tuple(int(p) for p in patch)
+        self.in_chans = in_chans
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}.get(len(self.patch))
+        if conv is None:
+            raise ValueError(f"patches have 1 to 3 axes, got {self.patch}")
+        self.proj = conv(in_chans, dim, kernel_size=self.patch, stride=self.patch)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"input has {x.shape[1]} channels, the model expects {self.in_chans}")
+        grid = grid_size(x.shape[2:], self.patch)
+        return self.proj(x).flatten(2).transpose(1, 2), grid
+
+    def reset_parameters(self) -> None:
+        """MAE init: xavier-uniform on the flattened kernel (as for a linear layer), zero bias."""
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)

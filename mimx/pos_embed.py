@@ -1,0 +1,76 @@
+"""Fixed sin-cos position embeddings in 1, 2 and 3 dimensions.
+
+For a grid the embedding is the concatenation of one 1-D sin-cos embedding per
+axis, fastest-varying axis first. In 2-D that is ``[x (width) | y (height)]``,
+the layout of the MAE reference code (and of transformers' ViTMAE), so weights
+trained there line up with tables computed here. Tables are computed in float64
+and returned as float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def sincos_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """``[N] -> [N, dim]`` as ``[sin(p * w_i) | cos(p * w_i)]`` with ``w_i = T^(-i / (dim/2))``."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    half = dim // 2
+    omega = 1.0 / temperature ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.to(torch.float64).reshape(-1, 1) * omega.reshape(1, -1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def _split_dim(dim: int, parts: int) -> list[int]:
+    base = (dim // (2 * parts)) * 2
+    if base == 0:
+        raise ValueError(f"embedding dimension {dim} is too small for {parts} axes")
+    sizes = [base] * parts
+    sizes[0] += dim - base * parts  # remainder (even when dim is even) goes to the fastest axis
+    if sizes[0] % 2:
+        raise ValueError(f"sin-cos embedding over {parts} axes needs an even dimension, got {dim}")
+    return sizes
+
+
+@functools.lru_cache(maxsize=64)
+def _sincos_grid_cached(grid: tuple[int, ...], dim: int, temperature: float) -> torch.Tensor:
+    coords = torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")
+    sizes = _split_dim(dim, len(grid))
+    # fastest-varying axis (last) first
+    parts = [
+        sincos_1d(coords[axis].reshape(-1), size, temperature)
+        for axis, size in zip(reversed(range(len(grid))), sizes, strict=True)
+    ]
+    return torch.cat(parts, dim=1).to(torch.float32)
+
+
+def sincos_grid(grid: tuple[int, ...] | list[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Embedding ``[prod(grid), dim]`` for a row-major token grid of 1, 2 or 3 axes."""
+    grid = tuple(int(n) for n in grid)
+    if not 1 <= len(grid) <= 3:
+        raise ValueError(f"sin-cos grids have 1 to 3 axes, got {grid}")
+    return _sincos_grid_cached(grid, dim, float(temperature)).clone()
+
+
+class SinCosGridPosition(torch.nn.Module):
+    """Maps a token grid to its fixed sin-cos table ``[1, L, dim]``, cached per grid and device."""
+
+    def __init__(self, dim: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.temperature = temperature
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, grid: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+        key = (tuple(grid), device)
+        table = self._cache.get(key)
+        if table is None:
+            table = sincos_grid(grid, self.dim, self.temperature).unsqueeze(0).to(device)
+            self._cache[key] = table
+        return table
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

@@ -1,0 +1,129 @@
+"""Checkpoints: written atomically, read as data (``weights_only=True``), never as code."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mimx.config import UserError
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or kill at any moment leaves either the previous file or the new
+    one, never a partial file under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint or weights file (``.pt`` with ``weights_only=True``, or ``.safetensors``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return {"model": load_file(str(path), device=str(map_location))}
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise UserError(f"checkpoint {path} cannot be read ({reason}); it is not a mimx checkpoint or it is "
+                        "damaged. Use another file, or train.resume=never to start over") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain values (weights_only-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose model architecture differs from the configured one."""
+    if saved.get("modality") != current.get("modality"):
+        raise UserError(f"checkpoint {path} holds a {saved.get('modality')!r} model, this run trains "
+                        f"{current.get('modality')!r}; use another run.dir or train.resume=never")
+    a, b = saved.get("architecture", {}), current.get("architecture", {})
+    diff = [f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+    if diff:
+        raise UserError(f"checkpoint {path} is from another model ({'; '.join(diff)}). Resume with the "
+                        "checkpoint's model settings, or start a new run (another run.dir, or train.resume=never)")
+
+
+def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model weights and metadata (modality, architecture, model_config) from a checkpoint or weights file.
+
+    Accepts a training checkpoint (``last.pt``), a run folder (its final
+    ``model.safetensors``, else ``checkpoints/last.pt``) or a ``.safetensors`` file mimx wrote.
+    """
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "model.safetensors", path / "checkpoints" / "last.pt"]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise UserError(f"{path} holds neither model.safetensors nor checkpoints/last.pt")
+        path = found
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        if not path.exists():
+            raise UserError(f"weights file {path} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+        meta = {k: (json.loads(v) if k in ("architecture", "model_config") else v) for k, v in raw.items()}
+        if "model_config" not in meta:
+            raise UserError(f"{path} carries no mimx model config; export it from a mimx run folder or checkpoint")
+        return state, meta
+    state = load(path)
+    if "meta" not in state or "model" not in state:
+        raise UserError(f"{path} is not a mimx checkpoint (no 'meta'/'model' entries)")
+    return state["model"], state["meta"]

@@ -1,0 +1,372 @@
+"""The training engine shared by every modality's ``pretrain`` action.
+
+Step-based: the schedule, checkpoints and logs count optimiser steps. One step
+is ``accum_steps`` micro-batches of ``batch_size`` on each of ``world``
+processes; lr = ``base_lr * global_batch / 256`` unless ``lr`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from mimx.config import UserError
+from mimx.train import checkpoint as ckpt
+from mimx.train.distributed import DistInfo, all_reduce_mean, any_rank, gather_objects
+from mimx.train.metrics import MetricsLog
+from mimx.train.optim import WarmupCosine, build_adamw, param_groups
+
+CHECKPOINT_FORMAT = "mimx-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    """``train`` section of a pretraining config."""
+
+    epochs: float = 100.0
+    steps: int | None = None  # total optimiser steps; overrides epochs
+    stop_at_step: int | None = None  # stop early (schedule unchanged); rerun to continue
+    batch_size: int = 64  # per process and micro-step
+    accum_steps: int = 1
+    base_lr: float = 1.5e-4
+    lr: float | None = None  # absolute peak lr; overrides base_lr scaling
+    min_lr: float = 0.0
+    warmup_epochs: float = 10.0
+    warmup_steps: int | None = None
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float | None = None
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 20
+    ckpt_every: int = 500
+    keep_every: int | None = None  # also keep step-N.pt every N steps
+    figure_every: int = 500
+    resume: str = "auto"  # auto | never | path to a checkpoint
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class Task(Protocol):
+    """What a modality gives the engine."""
+
+    modality: str
+
+    def meta(self) -> dict[str, Any]:
+        """``{"architecture": ..., "model_config": ...}`` stored in checkpoints and compared on resume."""
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
+        """Loss of one micro-batch (called under autocast)."""
+
+    def figure(self, model: nn.Module, path: Path) -> None:
+        """Write a reconstruction figure (main process, eval mode, no grad)."""
+
+
+@dataclass
+class StepContext:
+    """Per-micro-step facts and random sources for :meth:`Task.loss`."""
+
+    step: int
+    rank: int
+    world: int
+    device: torch.device
+    shared: torch.Generator  # same seed and state on every rank
+    local: torch.Generator  # seeded per rank
+
+    def global_noise(self, batch: int, length: int) -> torch.Tensor:
+        """Noise for this rank's slice of the global batch, so masks do not depend on the process count."""
+        noise = torch.rand(self.world * batch, length, generator=self.shared, device=self.device)
+        return noise[self.rank * batch : (self.rank + 1) * batch]
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``train.precision`` (None = fp32)."""
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if spec not in table:
+        raise UserError(f"train.precision={spec!r}; choose auto, bf16, fp16 or fp32")
+    if spec == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs a GPU; on the CPU use bf16 or fp32")
+    return table[spec]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    total_steps: int
+    last_loss: float | None
+    checkpoint: Path | None
+    stopped_early: bool
+
+
+class Trainer:
+    """Runs pretraining with auto-resume, atomic checkpoints, metrics and figures."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, loader: Any, task: Task, run_dir: str | Path,
+                 samples_per_epoch: int, dist: DistInfo, config: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.task = task
+        self.loader = loader
+        self.dist = dist
+        self.run_dir = Path(run_dir)
+        self.config = config or {}
+        self.device = dist.device
+        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        if cfg.accum_steps < 1 or cfg.batch_size < 1:
+            raise UserError("train.batch_size and train.accum_steps must be at least 1")
+
+        self.global_batch = cfg.batch_size * cfg.accum_steps * dist.world
+        self.samples_per_epoch = max(1, samples_per_epoch)
+        steps_per_epoch = self.samples_per_epoch / self.global_batch
+        self.total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+        self.peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / 256
+        self.schedule = WarmupCosine(self.peak_lr, self.total_steps, warmup, cfg.min_lr)
+
+        self.model = model.to(self.device)
+        if cfg.grad_checkpointing:
+            for m in self.model.modules():
+                if hasattr(m, "grad_checkpointing"):
+                    m.grad_checkpointing = True
+        self.optimizer = build_adamw(param_groups(self.model, cfg.weight_decay), self.peak_lr,
+                                     tuple(cfg.betas), self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.shared = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.local = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 17 + dist.rank)
+        self.step = 0
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self._stop_requested = False
+        self._resume()
+
+        wrapped: nn.Module = self.model
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            wrapped = torch.compile(wrapped)
+        self.wrapped = wrapped
+
+    # ------------------------------------------------------------------ checkpoints
+    def _meta(self) -> dict[str, Any]:
+        return {"modality": self.task.modality, **self.task.meta()}
+
+    def _resume(self) -> None:
+        spec = self.cfg.resume
+        if spec == "never":
+            return
+        path = self.ckpt_path if spec == "auto" else Path(spec)
+        if not path.exists():
+            if spec != "auto":
+                raise UserError(f"train.resume={spec} does not exist; give a checkpoint path, auto or never")
+            return
+        state = ckpt.load(path, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a mimx training checkpoint (format {state.get('format')!r}); "
+                            "use train.resume=never, or load its weights with `mimx ... init=PATH`")
+        ckpt.check_compatible(state["meta"], self._meta(), path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        ranks = state.get("ranks", [])
+        if len(ranks) == self.dist.world:
+            mine = ranks[self.dist.rank]
+            ckpt.set_rng_state(mine["rng"])
+            self.shared.set_state(mine["shared"].to(self.shared.get_state().device))
+            self.local.set_state(mine["local"])
+            if hasattr(self.loader, "load_state_dict"):
+                self.loader.load_state_dict(mine["data"])
+        else:
+            if self.dist.is_main:
+                print(f"[mimx] checkpoint was written by {len(ranks)} process(es), this run has "
+                      f"{self.dist.world}: random streams and data order restart from the seed", file=sys.stderr)
+            if ranks and hasattr(self.loader, "load_state_dict"):
+                self.loader.load_state_dict({**ranks[0]["data"], "world": None})
+        if self.dist.is_main:
+            print(f"[mimx] resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write a full training checkpoint (collective: every rank must call it)."""
+        mine = {"rng": ckpt.rng_state(), "shared": self.shared.get_state(), "local": self.local.get_state(),
+                "data": self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}}
+        ranks = gather_objects(mine)
+        path = path or self.ckpt_path
+        if self.dist.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "meta": self._meta(),
+                "config": self.config,
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "ranks": ranks,
+            }
+            ckpt.save_atomic(state, path)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:  # second signal: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        if self.dist.is_main:
+            print(f"\n[mimx] signal {signum}: finishing this step, writing a checkpoint, then stopping "
+                  "(send it again to stop at once)", file=sys.stderr)
+
+    def _figure(self) -> None:
+        if not self.dist.is_main or not hasattr(self.task, "figure"):
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                self.task.figure(self.model, self.run_dir / "figures" / f"step-{self.step:07d}.png")
+        finally:
+            self.model.train(was_training)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        main = self.dist.is_main
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(self.run_dir, cfg.tensorboard) if main else None
+        end = self.total_steps if cfg.stop_at_step is None else min(self.total_steps, cfg.stop_at_step)
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                previous[sig] = signal.signal(sig, self._on_signal)
+        is_tty = sys.stderr.isatty()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
+                   dynamic_ncols=True, mininterval=0.5 if is_tty else 30, desc=self.task.modality)
+        if main:
+            print(f"[mimx] {self.task.modality} pretraining: {self.total_steps} steps of {self.global_batch} samples "
+                  f"({self.dist.world} process(es) x {cfg.batch_size} x {cfg.accum_steps} accumulation), "
+                  f"peak lr {self.peak_lr:.3g}, precision {self.autocast_dtype or torch.float32}, "
+                  f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
+        if self.step == 0 and main and cfg.figure_every:
+            self._figure()
+        self.model.train()
+        data = iter(self.loader)
+        running = torch.zeros((), device=self.device)
+        running_n = 0
+        last_loss: float | None = None
+        tick, tick_step = time.perf_counter(), self.step
+        stopped = False
+        try:
+            while self.step < end:
+                lr = self.schedule.apply(self.optimizer, self.step)
+                for micro in range(cfg.accum_steps):
+                    batch = next(data)
+                    ctx = StepContext(self.step, self.dist.rank, self.dist.world, self.device,
+                                      self.shared, self.local)
+                    sync = micro == cfg.accum_steps - 1 or not self.dist.enabled
+                    no_sync = getattr(self.wrapped, "no_sync", None)
+                    with contextlib.nullcontext() if sync or no_sync is None else no_sync():
+                        with self._autocast():
+                            loss = self.task.loss(self.wrapped, batch, ctx)
+                        self.scaler.scale(loss / cfg.accum_steps).backward()
+                    running += loss.detach().float()
+                    running_n += 1
+                if cfg.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bar.update(1)
+
+                at_end = self.step >= end
+                if self.step % cfg.log_every == 0 or at_end:
+                    mean_loss = all_reduce_mean(running / max(1, running_n)).item()
+                    if not math.isfinite(mean_loss):
+                        raise FloatingPointError(
+                            f"loss is {mean_loss} at step {self.step}; lower train.base_lr, add "
+                            "train.clip_grad=1.0 or use train.precision=fp32. The last checkpoint is intact: "
+                            f"{self.ckpt_path}")
+                    last_loss = mean_loss
+                    now = time.perf_counter()
+                    speed = (self.step - tick_step) * self.global_batch / max(1e-9, now - tick)
+                    tick, tick_step = now, self.step
+                    running.zero_()
+                    running_n = 0
+                    skipped = getattr(getattr(self.loader, "skips", None), "count", 0)
+                    if main:
+                        row = {"epoch": round(self.step * self.global_batch / self.samples_per_epoch, 4),
+                               "loss": round(mean_loss, 6), "lr": lr, "samples_per_s": round(speed, 2),
+                               "skipped": skipped}
+                        metrics.log(row, self.step)
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{speed:.1f}")
+                    stopped = any_rank(self._stop_requested, self.device)
+                if not self.dist.enabled:
+                    stopped = self._stop_requested
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not at_end:
+                    self.save()
+                if cfg.keep_every and self.step % cfg.keep_every == 0:
+                    self.save(self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt")
+                if cfg.figure_every and self.step % cfg.figure_every == 0 and not at_end:
+                    self._figure()
+                if stopped:
+                    break
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        path = self.save()
+        if main:
+            if cfg.figure_every:
+                self._figure()
+            if self.step >= self.total_steps:
+                self._export_weights()
+            metrics.close()
+            report = getattr(getattr(self.loader, "skips", None), "report", lambda: "")()
+            state = "finished" if self.step >= self.total_steps else "stopped (run again to continue)"
+            print(f"[mimx] {state} at step {self.step}/{self.total_steps}; loss {last_loss}; checkpoint {path}",
+                  file=sys.stderr)
+            if report:
+                print(f"[mimx] data: {report}", file=sys.stderr)
+        return TrainResult(self.step, self.total_steps, last_loss, path, self.step < self.total_steps)
+
+    def _export_weights(self) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = self.run_dir / ".model.safetensors.tmp"
+        meta = {"modality": self.task.modality, "format": "mimx-weights/1", "step": str(self.step),
+                **{k: json.dumps(v) for k, v in self.task.meta().items()}}
+        save_file(state, str(tmp), metadata=meta)
+        tmp.replace(self.run_dir / "model.safetensors")

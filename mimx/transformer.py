@@ -1,0 +1,169 @@
+"""Encoder and decoder stacks built from timm ViT blocks (fused scaled-dot-product attention)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mimx.masking import Mask, gather_tokens
+
+
+def make_blocks(
+    dim: int,
+    depth: int,
+    num_heads: int,
+    *,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    norm_eps: float = 1e-6,
+    drop_path: float = 0.0,
+    init_values: float | None = None,
+) -> nn.ModuleList:
+    """``depth`` pre-norm timm blocks with drop-path rising linearly to ``drop_path``."""
+    if dim % num_heads:
+        raise ValueError(f"width {dim} is not divisible by {num_heads} attention heads")
+    norm = functools.partial(nn.LayerNorm, eps=norm_eps)
+    rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+    return nn.ModuleList(
+        Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
+              init_values=init_values, norm_layer=norm)
+        for rate in rates
+    )
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+    for block in blocks:
+        if grad_checkpointing and x.requires_grad:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+class MaskedEncoder(nn.Module):
+    """ViT encoder that either drops hidden tokens (MAE) or replaces them with a learned mask token (SimMIM).
+
+    ``forward(tokens, pos, mask)`` returns normalised features ``[B, P + N, D]``
+    where ``P`` is 1 with a class token and ``N`` is the visible count (drop
+    mode), or all tokens (mask-token mode, or ``mask=None``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        drop_path: float = 0.0,
+        init_values: float | None = None,
+        class_token: bool = True,
+        mask_token: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.norm_eps = norm_eps
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
+        self.blocks = make_blocks(dim, depth, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                  norm_eps=norm_eps, drop_path=drop_path, init_values=init_values)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.grad_checkpointing = False
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.cls_token is None else 1
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
+        if mask is None:
+            x = tokens + pos
+        elif self.mask_token is not None:
+            x = torch.where(mask.mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens) + pos
+        else:
+            x = gather_tokens(tokens + pos, mask.ids_keep)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
+        return self.norm(x)
+
+
+class MaskedDecoder(nn.Module):
+    """Light transformer decoder: puts mask tokens back at hidden positions and predicts every token.
+
+    Input: encoder features ``[B, P + K, D_enc]`` (prefix tokens first). If
+    ``K`` is smaller than the token count the hidden positions are filled with
+    the learned mask token through ``mask.ids_restore``. Output: ``[B, L, out_dim]``.
+    With ``depth=0`` it is a linear head on the encoder features (SimMIM).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        out_dim: int,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        fill_hidden: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.embed = nn.Linear(in_dim, dim) if depth else nn.Identity()
+        width = dim if depth else in_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width)) if fill_hidden else None
+        self.blocks = make_blocks(width, depth, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                  norm_eps=norm_eps) if depth else nn.ModuleList()
+        self.norm = nn.LayerNorm(width, eps=norm_eps) if depth else nn.Identity()
+        self.head = nn.Linear(width, out_dim)
+        self.grad_checkpointing = False
+
+    @property
+    def width(self) -> int:
+        return self.head.in_features
+
+    def forward(
+        self, latent: torch.Tensor, pos: torch.Tensor | None, mask: Mask, num_prefix: int = 1
+    ) -> torch.Tensor:
+        x = self.embed(latent)
+        prefix, x = x[:, :num_prefix], x[:, num_prefix:]
+        length = mask.mask.shape[1]
+        if x.shape[1] != length:
+            if self.mask_token is None:
+                raise RuntimeError("decoder got only visible tokens but was built with fill_hidden=False")
+            fill = self.mask_token.to(x.dtype).expand(x.shape[0], length - x.shape[1], -1)
+            x = gather_tokens(torch.cat([x, fill], dim=1), mask.ids_restore)
+        if pos is not None:
+            x = x + pos
+        if len(self.blocks):
+            x = torch.cat([prefix, x], dim=1)
+            x = run_blocks(self.blocks, x, self.grad_checkpointing)
+            x = self.norm(x)[:, num_prefix:]
+        return self.head(x)
+
+
+def init_mae_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform linears with zero bias, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,153 @@
+"""Image samples from shards: decode, RandomResizedCrop + flip (train) or resize + centre crop (eval)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mimx.config import UserError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageDataConfig:
+    """``data`` section of image configs."""
+
+    shards: Any = "data/samples/images"  # spec: path, brace pattern, glob, folder, pipe: URL, or a list
+    num_samples: int | None = None  # samples per epoch; counted from local shards when null
+    image_size: Any = 224  # int or [h, w]
+    channels: int = 3
+    scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    crop_pct: float = 0.875  # eval: resize to size / crop_pct, then centre crop
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    shuffle: int = 1000
+    resampled: bool = False
+    num_workers: int = 2
+    prefetch: int = 4
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        s = self.image_size
+        return (int(s), int(s)) if isinstance(s, (int, float)) else (int(s[0]), int(s[1]))
+
+
+def find_image(sample: dict[str, Any]) -> tuple[str, bytes]:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext, sample[ext]
+    keys = sorted(k for k in sample if not k.startswith("__"))
+    raise KeyError(f"no image in sample (has {keys}; expected one of {', '.join(IMAGE_EXTS)})")
+
+
+def read_label(sample: dict[str, Any]) -> int:
+    """Class id from ``cls`` (text int) or ``json`` (``{"label": int}``); -1 when absent."""
+    if "cls" in sample:
+        return int(bytes(sample["cls"]).decode().strip())
+    if "json" in sample:
+        meta = json.loads(sample["json"])
+        if isinstance(meta, dict) and "label" in meta:
+            return int(meta["label"])
+    return -1
+
+
+def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                            rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as torchvision's RandomResizedCrop, drawn from ``rng``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def centre_crop_box(height: int, width: int, out_hw: tuple[int, int], crop_pct: float) -> tuple[int, int, int, int]:
+    """The region that resize-to-(size / crop_pct) followed by a centre crop would keep."""
+    oh, ow = out_hw
+    scale = max(oh / (height * crop_pct), ow / (width * crop_pct))
+    h, w = min(height, round(oh / scale)), min(width, round(ow / scale))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class ImageDecoder:
+    """``sample -> {"image": uint8 [C, H, W], "label": int}``; picklable for DataLoader workers.
+
+    JPEGs are decoded at the smallest DCT scale that still covers the crop at
+    the output size (PIL ``draft``), which cuts decode cost for small outputs.
+    """
+
+    def __init__(self, cfg: ImageDataConfig, train: bool = True) -> None:
+        self.hw = cfg.hw
+        self.mode = {1: "L", 3: "RGB"}.get(cfg.channels)
+        if self.mode is None:
+            raise UserError(f"data.channels must be 1 or 3, got {cfg.channels}")
+        self.scale = tuple(cfg.scale)
+        self.ratio = tuple(cfg.ratio)
+        self.hflip = cfg.hflip
+        self.crop_pct = cfg.crop_pct
+        self.train = train
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        _, data = find_image(sample)
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if self.train:
+            top, left, h, w = random_resized_crop_box(height, width, self.scale, self.ratio, rng)
+            flip = rng.random() < self.hflip
+        else:
+            top, left, h, w = centre_crop_box(height, width, self.hw, self.crop_pct)
+            flip = False
+        oh, ow = self.hw
+        if img.format == "JPEG":
+            img.draft(self.mode, (math.ceil(width * ow / w), math.ceil(height * oh / h)))
+        sx, sy = img.size[0] / width, img.size[1] / height
+        img = img.convert(self.mode)
+        box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+        img = img.resize((ow, oh), Image.Resampling.BICUBIC, box=box)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        arr = np.asarray(img, dtype=np.uint8)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        return {"image": torch.from_numpy(arr.copy()).permute(2, 0, 1), "label": read_label(sample)}
+
+
+class Normalizer:
+    """uint8 ``[B, C, H, W]`` on any device -> float, ``(x / 255 - mean) / std``, and back."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.float() / 255.0 - mean) / std
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x.float() * std + mean).clamp(0, 1)

@@ -1,0 +1,65 @@
+"""Load trained image MAEs and export their encoders (``mimx image export``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from mimx.modalities.image.interop import timm_kwargs, timm_state_dict, to_timm
+from mimx.modalities.image.model import ImageMAE, image_mae_config
+
+from mimx.config import UserError
+from mimx.train.checkpoint import read_model
+
+
+def load_image_mae(path: str | Path) -> ImageMAE:
+    """An :class:`ImageMAE` with the weights of a run folder, checkpoint or ``model.safetensors``."""
+    state, meta = read_model(path)
+    if meta.get("modality") != "image":
+        raise UserError(f"{path} holds a {meta.get('modality')!r} model, not an image MAE")
+    model = ImageMAE(image_mae_config(meta["model_config"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path} does not match its own model config (missing {missing[:4]}, unexpected "
+                        f"{unexpected[:4]}); the file is damaged or was edited")
+    return model.eval()
+
+
+def export_timm(path: str | Path, out: str | Path) -> dict:
+    """Write ``out/encoder.safetensors`` (timm ViT names) and ``out/timm_vit.json`` (its arguments).
+
+    The export is checked: the timm model must give the encoder's features.
+    """
+    from safetensors.torch import save_file
+
+    model = load_image_mae(path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = timm_kwargs(model.config)
+    vit = to_timm(model).eval()
+    x = torch.randn(2, model.config.in_chans, *model.config.image_hw)
+    with torch.no_grad():
+        err = (vit.forward_features(x) - model.encode(x)).abs().max().item()
+    if err > 1e-4:
+        raise RuntimeError(f"exported timm ViT differs from the encoder by {err:.2e}")
+    save_file(timm_state_dict(model), str(out / "encoder.safetensors"))
+    (out / "timm_vit.json").write_text(json.dumps(kwargs, indent=1))
+    return {"kwargs": kwargs, "max_abs_diff": err}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mimx image export",
+                                     description="Export the encoder of a mimx image MAE as a plain timm ViT.")
+    parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
+    parser.add_argument("out", help="output folder for encoder.safetensors and timm_vit.json")
+    args = parser.parse_args(argv)
+    info = export_timm(args.checkpoint, args.out)
+    print(f"wrote {args.out}/encoder.safetensors and timm_vit.json (features match to {info['max_abs_diff']:.1e}).\n"
+          "Load it with:\n"
+          "  from mimx.modalities.image.interop import build_timm_vit\n"
+          f"  vit = build_timm_vit(json.load(open('{args.out}/timm_vit.json')), num_classes=10)\n"
+          f"  vit.load_state_dict(safetensors.torch.load_file('{args.out}/encoder.safetensors'), strict=False)"
+          "  # only head.* is new")
+    return 0

@@ -1,0 +1,127 @@
+"""``mimx image pretrain``: MAE pretraining on image shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
+from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
+from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from webdataset.tariterators import tarfile_samples
+
+from mimx.config import UserError, from_mapping, to_plain
+from mimx.data.shards import dataset_size, expand_shards
+from mimx.data.stream import ShardStream, StreamLoader, seed_everything
+from mimx.train.distributed import init_distributed, shutdown
+from mimx.train.engine import StepContext, TrainConfig, Trainer, TrainResult
+
+__all__ = ["ImagePretrainTask", "fixed_images", "pretrain"]
+
+
+def fixed_images(urls: list[str], decoder: ImageDecoder, count: int) -> torch.Tensor:
+    """``count`` decodable images for figures: the first ones of shards spread evenly over ``urls``."""
+    picks = Counter(urls[int(i)] for i in np.linspace(0, len(urls) - 1, count))
+    images = []
+    rng = np.random.default_rng(0)
+    for url in dict.fromkeys(urls[int(i)] for i in np.linspace(0, len(urls) - 1, count)):
+        taken = 0
+        for sample in tarfile_samples([{"url": url}], handler=lambda exc: True):
+            try:
+                images.append(decoder(sample, rng)["image"])
+            except Exception:
+                continue
+            taken += 1
+            if taken == picks[url]:
+                break
+    if not images:
+        raise UserError(f"no decodable image in {urls[:3]}")
+    return torch.stack(images)
+
+
+class ImagePretrainTask:
+    """Connects an :class:`ImageMAE` to the training engine."""
+
+    modality = "image"
+
+    def __init__(self, config: ImageMAEConfig, data: ImageDataConfig, figure_images: torch.Tensor | None = None,
+                 figure_seed: int = 0) -> None:
+        self.config = config
+        self.data = data
+        self.normalizer = Normalizer(data.mean, data.std)
+        self.random_masking = config.masking.get("kind", "random") == "random"
+        self.figure_images = figure_images
+        self.figure_seed = figure_seed
+
+    def meta(self) -> dict[str, Any]:
+        return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
+        x = self.normalizer(batch["image"].to(ctx.device, non_blocking=True))
+        if self.random_masking:
+            p = self.config.patch_size
+            tokens = (x.shape[-2] // p) * (x.shape[-1] // p)
+            return model(x, noise=ctx.global_noise(x.shape[0], tokens)).loss
+        return model(x, generator=ctx.local).loss
+
+    def figure(self, model: ImageMAE, path: Path) -> None:
+        if self.figure_images is None:
+            return
+        device = next(model.parameters()).device
+        x = self.normalizer(self.figure_images.to(device))
+        gen = torch.Generator(device=device).manual_seed(self.figure_seed)
+        mask = model.make_mask(x, generator=gen)
+        save_reconstruction_grid(reconstruction_panels(model, x, mask, self.normalizer), path)
+
+
+def _sections(cfg: DictConfig) -> tuple[TrainConfig, ImageMAEConfig, ImageDataConfig]:
+    train = from_mapping(TrainConfig, cfg.train, "train")
+    model_values = to_plain(cfg.model)
+    model_values["masking"] = to_plain(cfg.masking)
+    model = image_mae_config(model_values)
+    data = from_mapping(ImageDataConfig, cfg.data, "data")
+    if tuple(model.image_hw) != data.hw:
+        raise UserError(f"data.image_size {data.hw} differs from model.img_size {model.image_hw}; set one "
+                        "to match the other")
+    if model.in_chans != data.channels:
+        raise UserError(f"model.in_chans={model.in_chans} but data.channels={data.channels}")
+    if len(data.mean) != data.channels or len(data.std) != data.channels:
+        raise UserError(f"data.mean and data.std need {data.channels} values, one per channel")
+    return train, model, data
+
+
+def pretrain(cfg: DictConfig) -> TrainResult:
+    """Run (or resume) image MAE pretraining as configured; see ``configs/image/pretrain.yaml``."""
+    train_cfg, model_cfg, data_cfg = _sections(cfg)
+    dist = init_distributed(train_cfg.device)
+    try:
+        run_dir = Path(cfg.run.dir)
+        urls = expand_shards(data_cfg.shards)
+        samples = data_cfg.num_samples or dataset_size(urls)
+        seed_everything(train_cfg.seed)
+        model = ImageMAE(model_cfg)
+        stream = ShardStream(urls, ImageDecoder(data_cfg, train=True), batch_size=train_cfg.batch_size,
+                             shuffle=data_cfg.shuffle, resampled=data_cfg.resampled, seed=train_cfg.seed,
+                             rank=dist.rank, world=dist.world)
+        loader = StreamLoader(stream, num_workers=data_cfg.num_workers, pin_memory=dist.device.type == "cuda",
+                              prefetch_factor=data_cfg.prefetch)
+        figures = fixed_images(urls, ImageDecoder(data_cfg, train=False), 8) if dist.is_main else None
+        task = ImagePretrainTask(model_cfg, data_cfg, figures, figure_seed=train_cfg.seed)
+        plain = to_plain(cfg)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
+            print(f"[mimx] {len(urls)} shard(s), {samples} samples per epoch, model {model_cfg.name}: "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters", file=sys.stderr)
+        trainer = Trainer(train_cfg, model, loader, task, run_dir, samples, dist, config=plain)
+        return trainer.fit()
+    finally:
+        shutdown()
+

@@ -1,0 +1,129 @@
+"""``mimx image shards SRC OUT``: an image folder (optionally with class subfolders) to tar shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from mimx.config import UserError
+from mimx.data.shards import ShardWriter
+
+KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def parse_size(text: str | int) -> int:
+    """``"256MB"``, ``"1.5GB"``, ``"500k"`` or a byte count."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
+    t = text.strip().lower()
+    number = t.rstrip("kmgb")
+    unit = t[len(number):]
+    if unit not in units:
+        raise UserError(f"cannot read size {text!r}; write e.g. 256MB or 1GB")
+    return int(float(number) * units[unit])
+
+
+def list_images(src: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Files with their class index; classes are the sorted subfolder names (none for a flat folder)."""
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder; give a folder of images or of class subfolders")
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items: list[tuple[Path, int]] = []
+    if classes:
+        for index, name in enumerate(classes):
+            items += [(f, index) for f in sorted((src / name).rglob("*")) if f.suffix.lower() in SUFFIXES]
+    items += [(f, -1) for f in sorted(src.iterdir()) if f.is_file() and f.suffix.lower() in SUFFIXES]
+    if not items:
+        raise UserError(f"no images ({', '.join(sorted(SUFFIXES))}) found in {src}")
+    return items, classes
+
+
+def encode_image(path: Path, resize: int | None) -> tuple[str, bytes]:
+    """Original bytes when the format is kept and no resize is asked, else re-encoded (JPEG or PNG)."""
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()  # fails here on a truncated or corrupt file
+        fmt = img.format
+        if resize is None and fmt in KEEP_FORMATS:
+            return KEEP_FORMATS[fmt], data
+        if resize is not None and min(img.size) > resize:
+            scale = resize / min(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+        lossless = fmt in ("PNG", "BMP", "TIFF", "PPM", "GIF") or img.mode in ("RGBA", "LA", "P")
+        buf = io.BytesIO()
+        if lossless:
+            img.save(buf, format="PNG")
+            return "png", buf.getvalue()
+        img.convert("RGB").save(buf, format="JPEG", quality=92)
+        return "jpg", buf.getvalue()
+
+
+def image_samples(items: list[tuple[Path, int]], classes: list[str], resize: int | None,
+                  skipped: list[str]) -> Iterator[dict[str, Any]]:
+    for index, (path, label) in enumerate(items):
+        try:
+            ext, data = encode_image(path, resize)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            skipped.append(f"{path}: {type(exc).__name__}: {exc}")
+            continue
+        sample: dict[str, Any] = {"__key__": f"{index:08d}", ext: data,
+                                  "json": {"file": path.name, "label": label}}
+        if label >= 0:
+            sample["cls"] = str(label)
+            sample["json"]["class"] = classes[label]
+        yield sample
+
+
+def write_image_shards(src: str | Path, out: str | Path, *, prefix: str = "images", max_size: str | int = "256MB",
+                       max_count: int = 100_000, resize: int | None = None, shuffle: bool = True, seed: int = 0,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Write ``OUT/<prefix>-NNNNNN.tar`` shards; returns a summary (shards, counts, skipped files)."""
+    src, out = Path(src), Path(out)
+    items, classes = list_images(src)
+    if shuffle:
+        random.Random(seed).shuffle(items)
+    skipped: list[str] = []
+    with ShardWriter(out / prefix, max_bytes=parse_size(max_size), max_count=max_count,
+                     overwrite=overwrite) as writer:
+        writer.write_all(image_samples(items, classes, resize, skipped))
+    if writer.total == 0:
+        raise UserError(f"none of the {len(items)} files in {src} could be read as an image")
+    if classes:
+        (out / "classes.json").write_text(json.dumps(classes, indent=1))
+    return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mimx image shards",
+                                     description="Write an image folder (class subfolders give labels) as tar shards.")
+    parser.add_argument("src", help="folder of images, or of class subfolders of images")
+    parser.add_argument("out", help="output folder for <prefix>-NNNNNN.tar shards")
+    parser.add_argument("--prefix", default="images")
+    parser.add_argument("--max-size", default="256MB", help="target shard size (default 256MB)")
+    parser.add_argument("--max-count", type=int, default=100_000, help="most samples per shard")
+    parser.add_argument("--resize", type=int, default=None, help="shrink the short side to this many pixels")
+    parser.add_argument("--no-shuffle", action="store_true", help="keep folder order (default: shuffled)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with this prefix")
+    args = parser.parse_args(argv)
+    summary = write_image_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
+                                 max_count=args.max_count, resize=args.resize, shuffle=not args.no_shuffle,
+                                 seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {summary['samples']} images ({summary['classes']} classes) into {len(summary['shards'])} shard(s) "
+          f"in {args.out}")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} unreadable file(s):", file=sys.stderr)
+        for line in summary["skipped"][:20]:
+            print(f"  - {line}", file=sys.stderr)
+    return 0

@@ -1,0 +1,104 @@
+"""Parity with transformers' ViTMAE (randomly initialised, nothing downloaded) and timm export."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from mimx.modalities.image import mae_vit  # noqa: E402
+from mimx.modalities.image.interop import (  # noqa: E402
+    _normalise_hf_keys,
+    build_timm_vit,
+    from_transformers,
+    timm_kwargs,
+    timm_state_dict,
+    to_timm,
+)
+from transformers import ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
+from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
+
+from mimx.config import UserError  # noqa: E402
+
+
+def _hf_model(norm_pix: bool, image: int = 32, patch: int = 8, mask_ratio: float = 0.75) -> ViTMAEForPreTraining:
+    torch.manual_seed(0)
+    cfg = ViTMAEConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                       decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+                       decoder_intermediate_size=128, image_size=image, patch_size=patch, norm_pix_loss=norm_pix,
+                       mask_ratio=mask_ratio)
+    model = ViTMAEForPreTraining(cfg).eval()
+    grid = image // patch
+    with torch.no_grad():  # what a pretrained checkpoint holds (transformers 5 leaves it zero at random init)
+        for table in (model.vit.embeddings.position_embeddings, model.decoder.decoder_pos_embed):
+            d = table.shape[-1]
+            t = build_2d_sinusoidal_position_embedding(grid, grid, d, cls_token=True)
+            table.copy_(torch.cat([t[:, d // 2:], t[:, : d // 2]], dim=1)[None])
+        for p in model.parameters():  # make biases and norms non-trivial
+            if p.ndim == 1 and p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("norm_pix,mask_ratio", [(True, 0.75), (False, 0.75), (True, 0.6)])
+def test_same_loss_and_predictions_as_transformers(norm_pix, mask_ratio):
+    hf = _hf_model(norm_pix, mask_ratio=mask_ratio)
+    mae = from_transformers(hf).eval()
+    x = torch.randn(3, 3, 32, 32)
+    noise = torch.rand(3, 16)
+    with torch.no_grad():
+        theirs = hf(pixel_values=x, noise=noise)
+        ours = mae(x, noise=noise)
+    assert torch.equal(theirs.mask.bool(), ours.mask.mask)
+    torch.testing.assert_close(ours.pred, theirs.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-6, atol=1e-6)
+    # the encoder features agree with transformers' encoder on the same visible tokens
+    with torch.no_grad():
+        enc = hf.vit(pixel_values=x, noise=noise).last_hidden_state
+        mine = mae.encoder(*_tokens_pos(mae, x), ours.mask)
+    torch.testing.assert_close(mine, enc, rtol=1e-5, atol=1e-5)
+
+
+def _tokens_pos(mae, x):
+    tokens, grid = mae.tokenizer(x)
+    return tokens, mae.encoder_pos(grid, x.device)
+
+
+def test_transformers_4x_key_names_are_understood():
+    hf = _hf_model(True)
+    state = hf.state_dict()
+    old = {}
+    for k, v in state.items():  # rename to the 4.x layout
+        k = k.replace("vit.layers.", "vit.encoder.layer.").replace("vit.layernorm", "vit.layernorm")
+        k = k.replace("attention.q_proj.", "attention.attention.query.")
+        k = k.replace("attention.k_proj.", "attention.attention.key.")
+        k = k.replace("attention.v_proj.", "attention.attention.value.")
+        k = k.replace("attention.o_proj.", "attention.output.dense.")
+        k = k.replace("mlp.fc1.", "intermediate.dense.").replace("mlp.fc2.", "output.dense.")
+        old[k] = v
+    assert _normalise_hf_keys(old).keys() == state.keys()
+
+
+def test_zero_position_table_is_refused_with_the_reason():
+    hf = _hf_model(True)
+    with torch.no_grad():
+        hf.vit.embeddings.position_embeddings.zero_()
+    with pytest.raises(UserError, match="all zeros"):
+        from_transformers(hf)
+
+
+@pytest.mark.parametrize("kwargs", [dict(img_size=32, patch_size=8),
+                                    dict(img_size=[24, 40], patch_size=8),
+                                    dict(img_size=32, patch_size=4, encoder_mode="mask_token")])
+def test_timm_export_round_trip(kwargs):
+    torch.manual_seed(0)
+    mae = mae_vit("tiny", depth=2, decoder_depth=1, decoder_dim=32, decoder_heads=2, **kwargs).eval()
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vit = to_timm(mae).eval()
+    fresh = build_timm_vit(timm_kwargs(mae.config))  # a plain timm ViT takes the export with strict=True
+    result = fresh.load_state_dict(timm_state_dict(mae), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = torch.randn(2, 3, *mae.config.image_hw)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(x), mae.encode(x), rtol=1e-5, atol=1e-5)
+    assert not any("mask" in k for k in vit.state_dict())
