@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.gopen import gopen
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mimx.config import UserError
 
@@ -88,6 +89,34 @@ def shuffle_buffer(items: Iterator[Any], size: int, rng: random.Random) -> Itera
     yield from buf
 
 
+class TailCheckedStream:
+    """Read-only stream wrapper that can tell a complete tar from a truncated one.
+
+    Python's ``tarfile`` ends a streamed archive silently when it is cut off;
+    a complete archive ends with at least two zero blocks, so after the tar
+    reader stops we read to the end and look at the last 1024 bytes.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.total = 0
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.total += len(data)
+        self.tail = (self.tail + data)[-1024:]
+        return data
+
+    def ended_cleanly(self) -> bool:
+        while self.read(1 << 16):
+            pass
+        return len(self.tail) == 1024 and not any(self.tail)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 class ShardStream(IterableDataset):
     """Endless, resumable stream of decoded batches from tar shards (see module docstring)."""
 
@@ -117,6 +146,7 @@ class ShardStream(IterableDataset):
         self.world = world
         self.collate = collate
         self.start: dict[int, tuple[int, int]] = {}
+        self.worker_offset = 0  # DataLoader worker i plays logical worker (i + offset) % num_workers
 
     def check_split(self, num_workers: int) -> None:
         """Every (rank, worker) pair needs a shard unless shards are resampled."""
@@ -138,16 +168,32 @@ class ShardStream(IterableDataset):
         return order[self.rank :: self.world][worker::num_workers]
 
     def _raw(self, urls: list[str], skips: list[str]) -> Iterator[dict[str, Any]]:
-        def handler(exc: BaseException) -> bool:
-            where = next((a for a in reversed(exc.args) if isinstance(a, str) and a in urls), None)
-            skips.append(f"shard {where or '?'}: {_short(exc)}")
-            return True
+        for url in urls:
+            try:
+                stream = TailCheckedStream(gopen(url))
+            except Exception as exc:  # missing or unreachable shard: counted, never fatal
+                skips.append(f"shard {url}: {_short(exc)}")
+                continue
 
-        return tarfile_samples(({"url": u} for u in urls), handler=handler)
+            def handler(exc: BaseException, url: str = url) -> bool:
+                skips.append(f"shard {url}: {_short(exc)}")
+                return True
+
+            try:
+                files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=handler))
+                yield from group_by_keys(files, handler=handler)
+                if not stream.ended_cleanly():
+                    skips.append(f"shard {url}: truncated after {stream.total} bytes (no end-of-archive marker); "
+                                 "the samples before the cut were used")
+            except Exception as exc:
+                skips.append(f"shard {url}: {_short(exc)}")
+            finally:
+                stream.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (worker + self.worker_offset) % num_workers
         epoch, skip = self.start.get(worker, (0, 0))
         pending: list[str] = []
         batch: list[Any] = []
@@ -172,9 +218,10 @@ class ShardStream(IterableDataset):
                 if len(batch) == self.batch_size:
                     out = self.collate(batch)
                     out["_pos"] = (worker, epoch, consumed)
-                    out["_skips"] = pending
+                    out["_skips"] = list(pending)
+                    pending.clear()  # the same list keeps collecting shard errors from _raw
                     yield out
-                    batch, pending = [], []
+                    batch = []
             if decoded == 0 and consumed > skip:
                 raise UserError(f"rank {self.rank} worker {worker}: none of the {consumed - skip} samples in "
                                 f"{len(urls)} shard(s) could be decoded, e.g. {pending[:3]}")
@@ -199,10 +246,11 @@ class StreamLoader:
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.positions: dict[int, tuple[int, int]] = {}
+        self.batches = 0
         self.skips = SkipLog()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "world": self.stream.world,
+        return {"num_workers": self.num_workers, "world": self.stream.world, "batches": self.batches,
                 "positions": {int(w): list(p) for w, p in self.positions.items()},
                 "skips": self.skips.state_dict()}
 
@@ -216,10 +264,15 @@ class StreamLoader:
                 f"{state.get('world')} -> {self.stream.world}): the data order cannot be replayed exactly; "
                 f"resuming every worker at the start of epoch {epoch}", stacklevel=2)
             positions = {w: (epoch, 0) for w in range(max(1, self.num_workers))}
+        else:
+            self.batches = int(state.get("batches", 0))
         self.positions = dict(positions)
         self.stream.start = dict(positions)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # the DataLoader serves its workers round-robin from worker 0: rotate so the worker
+        # whose batch is due next comes first
+        self.stream.worker_offset = self.batches % max(1, self.num_workers)
         loader = DataLoader(
             self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
@@ -229,6 +282,7 @@ class StreamLoader:
             worker, epoch, consumed = batch.pop("_pos")
             self.skips.extend(batch.pop("_skips"))
             self.positions[int(worker)] = (int(epoch), int(consumed))
+            self.batches += 1
             yield batch
 
 

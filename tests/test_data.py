@@ -1,0 +1,165 @@
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mimx.config import UserError
+from mimx.data.shards import ShardWriter, dataset_size, expand_shards
+from mimx.data.stream import ShardStream, StreamLoader
+from mimx.modalities.image.data import ImageDataConfig, ImageDecoder
+from mimx.modalities.image.shards import write_image_shards
+
+
+def _index_decoder(sample, rng):
+    return {"idx": int(sample["txt"].decode()), "draw": float(rng.random())}
+
+
+def _write_numbered(folder: Path, shards: int, per_shard: int) -> list[str]:
+    with ShardWriter(folder / "n", max_count=per_shard) as w:
+        for i in range(shards * per_shard):
+            w.write({"__key__": f"s{i:05d}", "txt": str(i)})
+    return w.shards
+
+
+def test_expand_shards_forms(tmp_path):
+    shards = _write_numbered(tmp_path, 3, 2)
+    assert expand_shards(str(tmp_path / "n-{000000..000002}.tar")) == shards
+    assert expand_shards(str(tmp_path / "n-*.tar")) == shards
+    assert expand_shards(str(tmp_path)) == shards
+    assert expand_shards(f"{shards[0]}::{shards[2]}") == [shards[0], shards[2]]
+    assert expand_shards("pipe:cat /x/a.tar") == ["pipe:cat /x/a.tar"]
+    with pytest.raises(UserError, match=r"2 of 5 shards not found: .*n-000003.tar"):
+        expand_shards(str(tmp_path / "n-{000000..000004}.tar"))
+    assert dataset_size(shards) == 6
+
+
+def test_shard_writer_is_atomic_and_never_overwrites(tmp_path):
+    shards = _write_numbered(tmp_path, 2, 3)
+    assert [json.loads(Path(s).with_suffix(".json").read_text())["count"] for s in shards] == [3, 3]
+    before = Path(shards[0]).read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        ShardWriter(tmp_path / "n")
+    # a crash mid-write leaves finished shards and no partial file under a final name
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "m", max_count=2) as w:
+        for i in range(3):
+            w.write({"__key__": f"k{i}", "txt": "x"})
+        raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.glob("m-*")) == ["m-000000.json", "m-000000.tar"]
+    assert Path(shards[0]).read_bytes() == before
+
+
+def _drain(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_each_sample_once_per_epoch_across_workers(tmp_path):
+    shards = _write_numbered(tmp_path, 6, 10)
+    stream = ShardStream(shards, _index_decoder, batch_size=5, shuffle=8, seed=3)
+    batches = _drain(StreamLoader(stream, num_workers=2, prefetch_factor=2), 24)
+    first = sorted(i for b in batches[:12] for i in b["idx"].tolist())
+    second = sorted(i for b in batches[12:] for i in b["idx"].tolist())
+    assert first == list(range(60)) and second == list(range(60))
+    order1 = [i for b in batches[:12] for i in b["idx"].tolist()]
+    order2 = [i for b in batches[12:] for i in b["idx"].tolist()]
+    assert order1 != order2  # reshuffled each epoch
+
+
+def test_resume_replays_the_exact_next_batches(samples):
+    cfg = ImageDataConfig(image_size=16)
+    urls = expand_shards(str(samples / "mnist"))
+
+    def loader():
+        stream = ShardStream(urls, ImageDecoder(cfg), batch_size=16, shuffle=50, seed=1)
+        return StreamLoader(stream, num_workers=2, prefetch_factor=2)
+
+    a = loader()
+    it = iter(a)
+    for _ in range(7):
+        next(it)
+    state = json.loads(json.dumps(a.state_dict()))  # survives a round trip through plain data
+    expected = [next(it) for _ in range(5)]
+    b = loader()
+    b.load_state_dict(state)
+    got = _drain(b, 5)
+    for x, y in zip(expected, got, strict=True):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_corrupt_samples_are_skipped_counted_and_named(tmp_path):
+    good = _png(100)
+    with ShardWriter(tmp_path / "c", max_count=100) as w:
+        for i in range(10):
+            w.write({"__key__": f"ok{i}", "png": good, "cls": "1"})
+        w.write({"__key__": "garbage", "jpg": b"this is not a jpeg"})
+        w.write({"__key__": "truncated", "png": good[: len(good) // 2], "cls": "1"})
+        w.write({"__key__": "noimage", "cls": "1"})
+    cfg = ImageDataConfig(image_size=8, num_workers=0)
+    stream = ShardStream(w.shards, ImageDecoder(cfg, train=False), batch_size=5, shuffle=0)
+    loader = StreamLoader(stream, num_workers=0)
+    batches = _drain(loader, 4)
+    assert all(b["image"].shape == (5, 3, 8, 8) for b in batches)
+    assert loader.skips.count == 3
+    report = loader.skips.report()
+    assert "skipped 3" in report and "garbage" in report and "truncated" in report and "noimage" in report
+
+
+def test_truncated_shard_is_reported_and_reading_goes_on(tmp_path):
+    with ShardWriter(tmp_path / "t", max_count=20) as w:
+        for i in range(40):
+            w.write({"__key__": f"s{i:03d}", "txt": str(i)})
+    data = Path(w.shards[0]).read_bytes()
+    Path(w.shards[0]).write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
+    stream = ShardStream(w.shards, _index_decoder, batch_size=1, shuffle=0)
+    loader = StreamLoader(stream, num_workers=0)
+    seen = [int(b["idx"]) for b in _drain(loader, 40)]
+    first_epoch = seen[:35]  # 15 samples survive the cut, the second shard has 20
+    assert sorted(first_epoch) == list(range(15)) + list(range(20, 40))
+    assert loader.skips.count >= 1 and "t-000000.tar" in loader.skips.report()
+
+
+def test_too_few_shards_for_the_readers(tmp_path):
+    shards = _write_numbered(tmp_path, 2, 2)
+    stream = ShardStream(shards, _index_decoder, batch_size=1, rank=0, world=2)
+    with pytest.raises(UserError, match="each need at least one"):
+        StreamLoader(stream, num_workers=2)
+    resampled = ShardStream(shards, _index_decoder, batch_size=1, rank=1, world=2, resampled=True)
+    assert len(_drain(StreamLoader(resampled, num_workers=2, prefetch_factor=2), 6)) == 6
+
+
+def test_image_folder_to_shards(tmp_path):
+    from mimx.datasets.samples import photo_files
+
+    src = tmp_path / "src"
+    photos = photo_files()[:6]
+    for i, f in enumerate(photos):
+        d = src / ("cats" if i % 2 else "dogs")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f.name).write_bytes(f.read_bytes())
+    (src / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    summary = write_image_shards(src, tmp_path / "out", max_size="20k", resize=64)
+    assert summary["samples"] == 6 and summary["classes"] == 2
+    assert len(summary["skipped"]) == 1 and "broken.jpg" in summary["skipped"][0]
+    assert len(summary["shards"]) >= 2  # a 20 kB target size splits the set
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["cats", "dogs"]
+    labels = []
+    for shard in summary["shards"]:
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".cls"):
+                    labels.append(int(tar.extractfile(m).read()))
+                if m.name.endswith((".jpg", ".png")):
+                    img = Image.open(io.BytesIO(tar.extractfile(m).read()))
+                    assert min(img.size) <= 64
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1]
