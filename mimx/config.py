@@ -79,11 +79,23 @@ def compose(config_module: str, config_name: str, overrides: Sequence[str]) -> D
     from omegaconf.errors import OmegaConfBaseException
 
     GlobalHydra.instance().clear()
+    overrides = [quote_brace_patterns(o) for o in overrides]
     try:
         with initialize_config_module(config_module=config_module, version_base=None):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_explain_hydra_error(exc, overrides)) from None
+
+
+_BRACE_PATTERN = re.compile(r"\{[^{}:]*(\.\.|,)[^{}:]*\}")
+
+
+def quote_brace_patterns(override: str) -> str:
+    """Quote ``key=...{000000..000099}...`` so hydra reads a shard pattern as a string, not a dict."""
+    key, sep, value = override.partition("=")
+    if not sep or not value or value[0] in "'\"" or not _BRACE_PATTERN.search(value):
+        return override
+    return f"{key}='{value}'" if "'" not in value else override
 
 
 def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
@@ -96,4 +108,6 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
     text = text.split("Config search path")[0].strip() or type(exc).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     message = lines[0] + (" " + lines[1] + " " + ", ".join(lines[2:]) if len(lines) > 1 else "")
+    if "override_grammar" in message:
+        message += " (quote values with special characters: key='value')"
     return f"bad configuration ({' '.join(overrides) or 'no overrides'}): {message}"

@@ -4,6 +4,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from transformers import ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
+from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
+
+from mimx.config import UserError  # noqa: E402
 from mimx.modalities.image import mae_vit  # noqa: E402
 from mimx.modalities.image.interop import (  # noqa: E402
     _normalise_hf_keys,
@@ -13,10 +17,6 @@ from mimx.modalities.image.interop import (  # noqa: E402
     timm_state_dict,
     to_timm,
 )
-from transformers import ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
-from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
-
-from mimx.config import UserError  # noqa: E402
 
 
 def _hf_model(norm_pix: bool, image: int = 32, patch: int = 8, mask_ratio: float = 0.75) -> ViTMAEForPreTraining:

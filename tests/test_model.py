@@ -1,8 +1,8 @@
 import pytest
 import torch
-from mimx.modalities.image import PRESETS, ImageMAE, image_mae_config, mae_vit
 
 from mimx.config import UserError
+from mimx.modalities.image import PRESETS, ImageMAE, image_mae_config, mae_vit
 
 
 def small(**kw):

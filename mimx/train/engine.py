@@ -269,9 +269,11 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 previous[sig] = signal.signal(sig, self._on_signal)
-        is_tty = sys.stderr.isatty()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
-                   dynamic_ncols=True, mininterval=0.5 if is_tty else 30, desc=self.task.modality)
+        # a progress bar on a terminal; plain log lines when stderr goes to a file
+        bar_on = main and cfg.progress and sys.stderr.isatty()
+        lines_on = main and cfg.progress and not bar_on
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not bar_on, dynamic_ncols=True,
+                   desc=self.task.modality)
         if main:
             print(f"[mimx] {self.task.modality} pretraining: {self.total_steps} steps of {self.global_batch} samples "
                   f"({self.dist.world} process(es) x {cfg.batch_size} x {cfg.accum_steps} accumulation), "
@@ -331,6 +333,9 @@ class Trainer:
                                "skipped": skipped}
                         metrics.log(row, self.step)
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{speed:.1f}")
+                        if lines_on:
+                            print(f"[mimx] step {self.step}/{self.total_steps} epoch {row['epoch']:.2f} "
+                                  f"loss {mean_loss:.4f} lr {lr:.2e} {speed:.1f} samples/s", file=sys.stderr)
                     stopped = any_rank(self._stop_requested, self.device)
                 if not self.dist.enabled:
                     stopped = self._stop_requested

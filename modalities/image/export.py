@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import torch
-from mimx.modalities.image.interop import timm_kwargs, timm_state_dict, to_timm
-from mimx.modalities.image.model import ImageMAE, image_mae_config
 
 from mimx.config import UserError
+from mimx.modalities.image.interop import timm_kwargs, timm_state_dict, to_timm
+from mimx.modalities.image.model import ImageMAE, image_mae_config
 from mimx.train.checkpoint import read_model
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from mimx.modalities.image.data import Normalizer
-from mimx.modalities.image.model import ImageMAE
 from torchvision.utils import save_image
 
 from mimx.autoencoder import MAEOutput
 from mimx.masking import Mask
+from mimx.modalities.image.data import Normalizer
+from mimx.modalities.image.model import ImageMAE
 from mimx.patches import denormalize_patches, patchify
 
 

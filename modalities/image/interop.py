@@ -8,10 +8,10 @@ import warnings
 from typing import Any
 
 import torch
-from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from torch import nn
 
 from mimx.config import UserError
+from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from mimx.pos_embed import sincos_grid
 
 # transformers >= 5 layer names, and the 4.x names they replaced

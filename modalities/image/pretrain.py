@@ -10,9 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
-from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
-from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from webdataset.tariterators import tarfile_samples
@@ -20,6 +17,9 @@ from webdataset.tariterators import tarfile_samples
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.shards import dataset_size, expand_shards
 from mimx.data.stream import ShardStream, StreamLoader, seed_everything
+from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
+from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
+from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config
 from mimx.train.distributed import init_distributed, shutdown
 from mimx.train.engine import StepContext, TrainConfig, Trainer, TrainResult
 

@@ -1,0 +1,30 @@
+# mimx: one command sets everything up for each job.
+#   make test   create .venv, install mimx with its test extras, lint, run the test suite (CI runs this)
+#   make demo   create .venv, build the embedded sample shards, pretrain a small image MAE on them
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup samples test lint demo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+samples: setup
+	$(BIN)/python -m mimx.datasets.samples data/samples
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+demo: samples
+	$(BIN)/mimx image pretrain experiment=demo
+
+clean:
+	rm -rf $(VENV) data/samples runs

@@ -1,0 +1,64 @@
+"""The mimx command: help, resolved config, and one clear message per bad input."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mimx.cli import main
+from mimx.config import compose
+from mimx.modalities.image.data import ImageDataConfig
+from mimx.modalities.image.model import ImageMAEConfig
+from mimx.train.engine import TrainConfig
+
+
+def test_help_lists_modalities_and_actions(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "image" in out and "pretrain" in out and "shards" in out and "export" in out
+    assert main(["image", "pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_base" in out and "masking" in out and "demo" in out
+
+
+def test_cfg_job_prints_resolved_config(capsys):
+    assert main(["image", "pretrain", "experiment=demo", "train.batch_size=7", "--cfg", "job"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["train"]["batch_size"] == 7
+    assert cfg["model"]["img_size"] == cfg["data"]["image_size"] == 32
+
+
+@pytest.mark.parametrize("config,section,cls", [("pretrain", "train", TrainConfig),
+                                                ("pretrain", "data", ImageDataConfig),
+                                                ("pretrain", "model", ImageMAEConfig)])
+def test_yaml_presets_list_every_key_of_their_section(config, section, cls):
+    cfg = compose("mimx.configs.image", config, [])
+    names = {f.name for f in dataclasses.fields(cls)} - {"masking"}
+    assert set(cfg[section].keys()) == names
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train.lr_peak=1"], "unknown config key 'train.lr_peak'"),
+    (["masking.ratio=1.2"], "mask ratio must be strictly between 0 and 1, got 1.2"),
+    (["model=vit_tiny", "model.img_size=100"], "model.img_size (100, 100) is not divisible by model.patch_size=16"),
+    (["data.shards=/nowhere/x-{000000..000003}.tar"], "4 of 4 shards not found: /nowhere/x-000000.tar"),
+    (["train.batch_size=abc"], "config key train.batch_size must be int, got 'abc'"),
+    (["model=vit_gigantic"], "Could not find 'model/vit_gigantic'"),
+])
+def test_bad_input_gets_one_clear_message(args, message, tmp_path, samples):
+    cmd = [sys.executable, "-m", "mimx", "image", "pretrain", f"run.dir={tmp_path}",
+           f"data.shards={samples}/mnist", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") <= 2
+
+
+def test_unknown_modality_and_action(capsys):
+    assert main(["audio", "pretrain"]) == 2
+    assert "unknown modality 'audio'" in capsys.readouterr().err
+    assert main(["image", "dance"]) == 2
+    assert "unknown action 'dance'" in capsys.readouterr().err

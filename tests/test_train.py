@@ -1,0 +1,136 @@
+"""End-to-end pretraining on the real sample shards: loss falls, resume is exact, checkpoints stay intact."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+from safetensors.torch import load_file
+
+from mimx.config import UserError, compose
+from mimx.modalities.image.pretrain import pretrain
+from mimx.train import checkpoint as ckpt
+from mimx.train.metrics import read_metrics
+
+MIMX = [sys.executable, "-m", "mimx"]
+
+
+def run(overrides: list[str]):
+    return pretrain(compose("mimx.configs.image", "pretrain", overrides))
+
+
+def test_cli_pretrain_loss_falls_and_leaves_a_run_folder(samples, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(run_dir, samples, "train.steps=60", "train.figure_every=30", "train.log_every=5")
+    proc = subprocess.run([*MIMX, "image", "pretrain", *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished at step 60/60" in proc.stderr
+    rows = read_metrics(run_dir)
+    losses = [float(r["loss"]) for r in rows]
+    assert len(losses) == 12 and all(float(r["samples_per_s"]) > 0 for r in rows)
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2, losses
+    for name in ("checkpoints/last.pt", "model.safetensors", "config.yaml", "figures/step-0000000.png",
+                 "figures/step-0000030.png", "figures/step-0000060.png"):
+        assert (run_dir / name).exists(), name
+    # the export command turns the run into a plain timm ViT
+    out = tmp_path / "export"
+    proc = subprocess.run([*MIMX, "image", "export", str(run_dir), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert set(load_file(out / "encoder.safetensors")) >= {"cls_token", "pos_embed", "patch_embed.proj.weight"}
+
+
+def test_resume_gives_identical_weights(samples, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    run(tiny_overrides(full, samples, "train.steps=12"))
+    first = run(tiny_overrides(split, samples, "train.steps=12", "train.stop_at_step=5"))
+    assert first.step == 5 and first.stopped_early
+    assert not (split / "model.safetensors").exists()
+    second = run(tiny_overrides(split, samples, "train.steps=12"))
+    assert second.step == 12
+    a, b = load_file(full / "model.safetensors"), load_file(split / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ca, cb = ckpt.load(full / "checkpoints/last.pt"), ckpt.load(split / "checkpoints/last.pt")
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+
+
+def test_checkpoint_of_another_model_is_refused_clearly(samples, tmp_path):
+    run(tiny_overrides(tmp_path, samples, "train.steps=2"))
+    with pytest.raises(UserError, match=r"last.pt is from another model \(embed_dim: checkpoint 48 vs config 96"):
+        run(tiny_overrides(tmp_path, samples, "train.steps=4", "model.embed_dim=96"))
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read"):
+        run(tiny_overrides(tmp_path, samples, "train.steps=4"))
+
+
+def test_crash_while_saving_keeps_the_last_good_checkpoint(samples, tmp_path, monkeypatch):
+    run(tiny_overrides(tmp_path, samples, "train.steps=4"))
+    path = tmp_path / "checkpoints" / "last.pt"
+    good = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_atomic({"x": 1}, path)
+    assert path.read_bytes() == good
+    assert not list(path.parent.glob(".*tmp*"))
+    monkeypatch.undo()
+    assert ckpt.load(path)["step"] == 4
+
+
+def test_sigterm_stops_cleanly_and_rerun_continues(samples, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(run_dir, samples, "train.steps=100000", "train.log_every=1")
+    proc = subprocess.Popen([*MIMX, "image", "pretrain", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped (run again to continue)" in err
+    step = ckpt.load(run_dir / "checkpoints" / "last.pt")["step"]
+    assert step >= 1
+    result = run(tiny_overrides(run_dir, samples, "train.steps=100000", f"train.stop_at_step={step + 2}"))
+    assert result.step == step + 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs process spawning")
+def test_two_process_ddp_equals_one_process(samples, tmp_path):
+    script = Path(__file__).with_name("ddp_equivalence.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), str(samples), str(tmp_path / "one.pt"), "8"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    double = subprocess.run([*torchrun, str(script), str(samples), str(tmp_path / "two.pt"), "4"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert len(one["losses"]) == len(two["losses"]) == 6
+    torch.testing.assert_close(two["losses"], one["losses"], rtol=1e-4, atol=1e-5)
+    for k in one["model"]:
+        torch.testing.assert_close(two["model"][k], one["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_torchrun_cli_smoke(samples, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mimx"]
+    args = tiny_overrides(tmp_path, samples, "train.steps=4", "data.num_workers=1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*torchrun, "image", "pretrain", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) x 16" in proc.stderr
+    state = ckpt.load(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["ranks"]) == 2
