@@ -28,6 +28,6 @@ def tiny_overrides(run_dir: Path, samples: Path, *extra: str) -> list[str]:
         "model.num_heads=3", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
         f"data.shards={samples}/mnist", "data.num_workers=2", "data.shuffle=64",
         "train.batch_size=16", "train.log_every=2", "train.ckpt_every=4", "train.figure_every=0",
-        "train.warmup_steps=2", "train.base_lr=2e-3", "train.progress=false", "train.tensorboard=false",
+        "train.warmup_steps=2", "train.base_lr=2e-3", "train.progress=false",
         f"run.dir={run_dir}", *extra,
     ]

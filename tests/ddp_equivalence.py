@@ -2,7 +2,8 @@
 
 Every process count sees the same global batches of real MNIST sample images
 (rank r takes slice r), so DDP with the same global batch must give the same
-losses and weights as one process. Usage: ddp_equivalence.py SAMPLES OUT PER_RANK_BATCH
+losses and weights as one process; so must gradient accumulation.
+Usage: ddp_equivalence.py SAMPLES OUT PER_RANK_BATCH [ACCUM_STEPS]
 """
 
 import sys
@@ -43,14 +44,15 @@ class GlobalBatches:
 
 def main() -> None:
     samples, out, per_rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    accum = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     dist = init_distributed("cpu")
     data = ImageDataConfig(image_size=16)
     images = fixed_images(expand_shards(str(samples / "mnist")), ImageDecoder(data, train=False), 64)
     torch.manual_seed(0)
     model = mae_vit("tiny", img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=3, decoder_dim=32,
                     decoder_depth=1, decoder_heads=2)
-    cfg = TrainConfig(steps=6, batch_size=per_rank, precision="fp32", device="cpu", log_every=1, ckpt_every=0,
-                      figure_every=0, progress=False, tensorboard=False, warmup_steps=1, base_lr=1e-3,
+    cfg = TrainConfig(steps=6, batch_size=per_rank, accum_steps=accum, precision="fp32", device="cpu", log_every=1,
+                      ckpt_every=0, figure_every=0, progress=False, tensorboard=False, warmup_steps=1, base_lr=1e-3,
                       resume="never", clip_grad=1.0)
     run_dir = out.with_suffix("")
     loader = GlobalBatches(images, per_rank, dist.rank, dist.world)

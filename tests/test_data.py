@@ -129,6 +129,16 @@ def test_truncated_shard_is_reported_and_reading_goes_on(tmp_path):
     assert loader.skips.count >= 1 and "t-000000.tar" in loader.skips.report()
 
 
+def test_pipe_urls_are_read(tmp_path):
+    shards = _write_numbered(tmp_path, 2, 3)
+    urls = expand_shards([f"pipe:cat {s}" for s in shards])
+    stream = ShardStream(urls, _index_decoder, batch_size=6, shuffle=0)
+    batch = _drain(StreamLoader(stream, num_workers=0), 1)[0]
+    assert sorted(batch["idx"].tolist()) == list(range(6))
+    with pytest.raises(UserError, match="set data.num_samples"):
+        dataset_size(urls)
+
+
 def test_too_few_shards_for_the_readers(tmp_path):
     shards = _write_numbered(tmp_path, 2, 2)
     stream = ShardStream(shards, _index_decoder, batch_size=1, rank=0, world=2)

@@ -34,6 +34,7 @@ def test_cli_pretrain_loss_falls_and_leaves_a_run_folder(samples, tmp_path):
     losses = [float(r["loss"]) for r in rows]
     assert len(losses) == 12 and all(float(r["samples_per_s"]) > 0 for r in rows)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2, losses
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     for name in ("checkpoints/last.pt", "model.safetensors", "config.yaml", "figures/step-0000000.png",
                  "figures/step-0000030.png", "figures/step-0000060.png"):
         assert (run_dir / name).exists(), name
@@ -106,22 +107,32 @@ def test_sigterm_stops_cleanly_and_rerun_continues(samples, tmp_path):
     assert result.step == step + 2
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs process spawning")
-def test_two_process_ddp_equals_one_process(samples, tmp_path):
+def _equivalence_run(samples: Path, out: Path, per_rank: int, accum: int = 1, procs: int = 1) -> dict:
     script = Path(__file__).with_name("ddp_equivalence.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), str(samples), str(tmp_path / "one.pt"), "8"],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    double = subprocess.run([*torchrun, str(script), str(samples), str(tmp_path / "two.pt"), "4"],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert double.returncode == 0, double.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    assert len(one["losses"]) == len(two["losses"]) == 6
-    torch.testing.assert_close(two["losses"], one["losses"], rtol=1e-4, atol=1e-5)
-    for k in one["model"]:
-        torch.testing.assert_close(two["model"][k], one["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    launch = [sys.executable]
+    if procs > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    proc = subprocess.run([*launch, str(script), str(samples), str(out), str(per_rank), str(accum)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
+def _assert_same_training(a: dict, b: dict) -> None:
+    assert len(a["losses"]) == len(b["losses"]) == 6
+    torch.testing.assert_close(b["losses"], a["losses"], rtol=1e-4, atol=1e-5)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_process_ddp_and_accumulation_equal_one_big_batch(samples, tmp_path):
+    one = _equivalence_run(samples, tmp_path / "one.pt", per_rank=8)
+    _assert_same_training(one, _equivalence_run(samples, tmp_path / "two.pt", per_rank=4, procs=2))
+    _assert_same_training(one, _equivalence_run(samples, tmp_path / "accum.pt", per_rank=4, accum=2))
+    # and the check can fail: a different global batch trains differently
+    other = _equivalence_run(samples, tmp_path / "other.pt", per_rank=4)
+    assert not torch.allclose(other["model"]["encoder.norm.weight"], one["model"]["encoder.norm.weight"])
 
 
 def test_torchrun_cli_smoke(samples, tmp_path):

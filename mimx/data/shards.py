@@ -59,8 +59,10 @@ def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]
         missing = [u for u in urls if not is_remote(u) and not os.path.isfile(u)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            hint = ("; build the embedded samples with `python -m mimx.datasets.samples data/samples` (or `make "
+                    "samples`) in the folder you run from" if any("samples" in m for m in missing) else "")
             raise UserError(f"{len(missing)} of {len(urls)} shards not found: {', '.join(missing[:3])}{more}; "
-                            "fix data.shards (brace patterns like train-{000000..000009}.tar work)")
+                            f"fix data.shards (brace patterns like train-{{000000..000009}}.tar work){hint}")
     return urls
 
 

@@ -30,12 +30,11 @@ def reconstruction_panels(model: ImageMAE, x: torch.Tensor, mask: Mask, normaliz
     pred = out.pred.float()
     if model.config.norm_pix:
         pred = denormalize_patches(pred, original_patches, eps=model.target.eps)
-    hidden = mask.mask.unsqueeze(-1)
-    masked = original_patches.masked_fill(hidden, 0.0)
-    pasted = torch.where(hidden, pred, original_patches)
-    images = [model.unpatchify(t, grid) for t in (original_patches, masked, pred, pasted)]
-    panels = [normalizer.invert(img) for img in images]
-    panels[1] = panels[1].masked_fill(_pixel_mask(mask.mask, grid, p), 0.5)  # hidden patches in grey
+    pasted = torch.where(mask.mask.unsqueeze(-1), pred, original_patches)
+    original, recon, recon_pasted = (normalizer.invert(model.unpatchify(t, grid))
+                                     for t in (original_patches, pred, pasted))
+    masked = original.masked_fill(_pixel_mask(mask.mask, grid, p), 0.5)  # hidden patches in grey
+    panels = [original, masked, recon, recon_pasted]
     return torch.stack(panels)
 
 
