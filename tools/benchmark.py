@@ -23,7 +23,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -137,7 +136,6 @@ def step_flops(args: argparse.Namespace) -> float:
 
     from mimx.modalities.image import mae_vit
 
-    width, depth, heads = PRESET_SIZES[args.model]
     model = mae_vit(args.model, img_size=args.image, patch_size=args.patch,
                     masking={"kind": "random", "ratio": args.mask_ratio})
     x = torch.randn(args.batch, 3, args.image, args.image)
@@ -193,8 +191,9 @@ def cmd_step(args: argparse.Namespace) -> None:
         for precision in args.precisions:
             pair = {r["impl"]: r for r in rows if r["precision"] == precision}
             if len(pair) == 2:
-                print(f"  {precision}: mimx / transformers {pair['mimx']['samples_per_s'] / pair['transformers']['samples_per_s']:.2f}x "
-                      f"speed, {pair['mimx']['peak_bytes'] / pair['transformers']['peak_bytes']:.2f}x memory")
+                mine, peer = pair["mimx"], pair["transformers"]
+                print(f"  {precision}: mimx / transformers {mine['samples_per_s'] / peer['samples_per_s']:.2f}x "
+                      f"speed, {mine['peak_bytes'] / peer['peak_bytes']:.2f}x memory")
 
 
 def cmd_loader(args: argparse.Namespace) -> None:
