@@ -88,6 +88,7 @@ class MaskedEncoder(nn.Module):
         return len(self.blocks)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
+        pos = pos.to(tokens.dtype)
         if mask is None:
             x = tokens + pos
         elif self.mask_token is not None:
@@ -149,12 +150,26 @@ class MaskedDecoder(nn.Module):
             fill = self.mask_token.to(x.dtype).expand(x.shape[0], length - x.shape[1], -1)
             x = gather_tokens(torch.cat([x, fill], dim=1), mask.ids_restore)
         if pos is not None:
-            x = x + pos
+            x = x + pos.to(x.dtype)
         if len(self.blocks):
             x = torch.cat([prefix, x], dim=1)
             x = run_blocks(self.blocks, x, self.grad_checkpointing)
             x = self.norm(x)[:, num_prefix:]
         return self.head(x)
+
+
+def set_fused_attention(module: nn.Module, enabled: bool) -> int:
+    """Switch timm attention between fused SDPA and explicit matmul + softmax; returns the count switched.
+
+    Both compute the same attention. On the CPU the explicit path trains faster
+    (the fused CPU kernel's backward is slow for ViT sequence lengths).
+    """
+    count = 0
+    for m in module.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = enabled
+            count += 1
+    return count
 
 
 def init_mae_weights(module: nn.Module) -> None:

@@ -45,18 +45,21 @@ def test_cli_pretrain_loss_falls_and_leaves_a_run_folder(samples, tmp_path):
     assert set(load_file(out / "encoder.safetensors")) >= {"cls_token", "pos_embed", "patch_embed.proj.weight"}
 
 
-def test_resume_gives_identical_weights(samples, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "bf16-pure"])
+def test_resume_gives_identical_weights(samples, tmp_path, precision):
     full, split = tmp_path / "full", tmp_path / "split"
-    run(tiny_overrides(full, samples, "train.steps=12"))
-    first = run(tiny_overrides(split, samples, "train.steps=12", "train.stop_at_step=5"))
+    mode = f"train.precision={precision}"
+    run(tiny_overrides(full, samples, "train.steps=12", mode))
+    first = run(tiny_overrides(split, samples, "train.steps=12", "train.stop_at_step=5", mode))
     assert first.step == 5 and first.stopped_early
     assert not (split / "model.safetensors").exists()
-    second = run(tiny_overrides(split, samples, "train.steps=12"))
+    second = run(tiny_overrides(split, samples, "train.steps=12", mode))
     assert second.step == 12
     a, b = load_file(full / "model.safetensors"), load_file(split / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+        assert a[k].dtype == torch.float32  # bf16-pure saves its fp32 master weights
     ca, cb = ckpt.load(full / "checkpoints/last.pt"), ckpt.load(split / "checkpoints/last.pt")
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
@@ -145,3 +148,13 @@ def test_torchrun_cli_smoke(samples, tmp_path):
     assert "2 process(es) x 16" in proc.stderr
     state = ckpt.load(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["ranks"]) == 2
+
+
+def test_bf16_pure_trains_as_well_as_autocast(samples, tmp_path):
+    final = {}
+    for precision in ("bf16", "bf16-pure", "fp32"):
+        run(tiny_overrides(tmp_path / precision, samples, "train.steps=40", f"train.precision={precision}",
+                           "train.log_every=10"))
+        final[precision] = float(read_metrics(tmp_path / precision)[-1]["loss"])
+    assert abs(final["bf16-pure"] - final["fp32"]) < 0.05 * final["fp32"], final
+    assert abs(final["bf16"] - final["fp32"]) < 0.05 * final["fp32"], final

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -84,50 +85,76 @@ def hf_model(preset: str, image: int, patch: int, mask_ratio: float, norm_pix: b
 
 
 def measure_step(args: argparse.Namespace) -> dict:
-    """Runs in a child process: time ``steps`` train steps of one implementation at one precision."""
+    """Runs in a child process: time ``steps`` train steps of one implementation at one precision.
+
+    mimx runs its training engine's hot path (``Precision``, fused AdamW,
+    attention switch); transformers runs a plain autocast loop with its
+    attention implementation (``sdpa`` or ``eager``).
+    """
     from mimx.modalities.image.interop import from_transformers
+    from mimx.train.optim import build_adamw, param_groups
+    from mimx.train.precision import Precision
+    from mimx.transformer import set_fused_attention
 
     device = device_of(args.device)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     hf = hf_model(args.model, args.image, args.patch, args.mask_ratio, True)
-    model = hf if args.impl == "transformers" else from_transformers(hf)
-    del hf
-    model = model.to(device).train()
-    if args.compile:
-        model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     grid = args.image // args.patch
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(args.batch, 3, args.image, args.image, generator=gen, device=device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
 
-    def step(noise: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            if args.impl == "transformers":
-                loss = model(pixel_values=x, noise=noise).loss
-            else:
-                loss = model(x, noise=noise).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+    if args.impl == "mimx":
+        model = from_transformers(hf).to(device).train()
+        precision = Precision(args.precision, device)
+        set_fused_attention(model, precision.prefers_fused_attention())  # the engine's auto rule
+        groups = param_groups(model, 0.05)
+        precision.attach(model)
+        optimizer = build_adamw(precision.optimizer_groups(groups), 1e-4, (0.9, 0.95), device)
+        fwd = torch.compile(model) if args.compile else model
+        xin = x.to(precision.input_dtype)
 
+        def step(noise: torch.Tensor) -> torch.Tensor:
+            with precision.autocast():
+                loss = fwd(xin, noise=noise).loss
+            precision.backward(loss)
+            precision.step(optimizer, model, None)
+            return loss.detach()
+    else:
+        attn = args.impl.split("-", 1)[1] if "-" in args.impl else "sdpa"
+        hf.config._attn_implementation = attn
+        model = hf.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+        fwd = torch.compile(model) if args.compile else model
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+
+        def step(noise: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = fwd(pixel_values=x, noise=noise).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
+    del hf
     first_noise = torch.rand(args.batch, grid * grid, generator=torch.Generator().manual_seed(1)).to(device)
-    first_loss = float(step(first_noise))  # same weights + noise for both implementations
+    first_loss = float(step(first_noise))  # same weights + noise for every implementation
     for _ in range(args.warmup):
         step(torch.rand(args.batch, grid * grid, generator=gen, device=device))
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(args.steps):
+    times = []
+    for _ in range(args.steps):  # the median step resists the noise of a shared machine
+        t = time.perf_counter()
         step(torch.rand(args.batch, grid * grid, generator=gen, device=device))
-    sync(device)
-    elapsed = time.perf_counter() - t
+        sync(device)
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"impl": args.impl, "precision": args.precision, "samples_per_s": args.batch * args.steps / elapsed,
-            "step_s": elapsed / args.steps, "peak_bytes": peak, "first_loss": first_loss}
+    return {"impl": args.impl, "precision": args.precision, "samples_per_s": args.batch / step_s,
+            "step_s": step_s, "peak_bytes": peak, "first_loss": first_loss}
 
 
 def step_flops(args: argparse.Namespace) -> float:
@@ -164,18 +191,22 @@ def run_child(args: argparse.Namespace, impl: str, precision: str) -> dict:
 def cmd_step(args: argparse.Namespace) -> None:
     device = device_of(args.device)
     print(f"# train step: MAE ViT-{args.model[0].upper()}/{args.patch}, {args.image}px, batch {args.batch}, "
-          f"mask {args.mask_ratio}, {args.steps} timed steps after {args.warmup} warm-up, device {device}, "
+          f"mask {args.mask_ratio}, median of {args.steps} timed steps after {args.warmup} warm-up, device {device}, "
           f"threads {args.threads or torch.get_num_threads()}")
     flops = step_flops(args)
-    peaks = {p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[p], device)
-             for p in args.precisions}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peaks = {p: matmul_peak(dtypes[p], device) for p in {q.replace("-pure", "") for q in args.precisions}}
+    peer_precisions = [q for q in args.precisions if q != "bf16-pure"]
+    configs = [("mimx", q) for q in args.precisions]
+    configs += [(impl, q) for impl in args.peers for q in peer_precisions]
     rows = []
-    for precision in args.precisions:
-        for impl in args.impls:
-            r = run_child(args, impl, precision)
-            r["tflops"] = flops / r["step_s"] / 1e12
-            r["of_peak"] = flops / r["step_s"] / peaks[precision]
-            rows.append(r)
+    for impl, precision in configs:
+        r = run_child(args, impl, precision)
+        peak_key = "bf16" if precision.startswith("bf16") else precision
+        r["tflops"] = flops / r["step_s"] / 1e12
+        r["of_peak"] = flops / r["step_s"] / peaks[peak_key]
+        rows.append(r)
+        print(f"  measured {impl} {precision}: {r['samples_per_s']:.2f} samples/s", file=sys.stderr)
     print("| implementation | precision | samples/s | step (s) | peak memory (GiB) | TFLOP/s | of matmul peak | "
           "first loss |")
     print("|---|---|---|---|---|---|---|---|")
@@ -185,15 +216,17 @@ def cmd_step(args: argparse.Namespace) -> None:
               f"{r['first_loss']:.6f} |")
     print(f"\nstep FLOPs (forward + backward): {flops / 1e9:.1f} GFLOP; matmul peak: " +
           ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items()))
-    best = {impl: max(r["samples_per_s"] for r in rows if r["impl"] == impl) for impl in args.impls}
-    if "mimx" in best and "transformers" in best:
-        print(f"mimx best / transformers best: {best['mimx'] / best['transformers']:.2f}x")
-        for precision in args.precisions:
-            pair = {r["impl"]: r for r in rows if r["precision"] == precision}
-            if len(pair) == 2:
-                mine, peer = pair["mimx"], pair["transformers"]
-                print(f"  {precision}: mimx / transformers {mine['samples_per_s'] / peer['samples_per_s']:.2f}x "
-                      f"speed, {mine['peak_bytes'] / peer['peak_bytes']:.2f}x memory")
+    mimx_best = max((r for r in rows if r["impl"] == "mimx"), key=lambda r: r["samples_per_s"])
+    peer_rows = [r for r in rows if r["impl"] != "mimx"]
+    if peer_rows:
+        peer_best = max(peer_rows, key=lambda r: r["samples_per_s"])
+        print(f"mimx best ({mimx_best['precision']}) / transformers best ({peer_best['impl']} "
+              f"{peer_best['precision']}): {mimx_best['samples_per_s'] / peer_best['samples_per_s']:.2f}x speed, "
+              f"{mimx_best['peak_bytes'] / peer_best['peak_bytes']:.2f}x peak memory")
+        for precision in peer_precisions:
+            mine = next(r for r in rows if r["impl"] == "mimx" and r["precision"] == precision)
+            peer = max((r for r in peer_rows if r["precision"] == precision), key=lambda r: r["samples_per_s"])
+            print(f"  {precision}: mimx / best transformers {mine['samples_per_s'] / peer['samples_per_s']:.2f}x")
 
 
 def cmd_loader(args: argparse.Namespace) -> None:
@@ -240,8 +273,9 @@ def main() -> None:
         p.add_argument("--threads", type=int, default=0)
         p.add_argument("--compile", action="store_true")
         if name == "step":
-            p.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
-            p.add_argument("--impls", type=lambda s: s.split(","), default=["mimx", "transformers"])
+            p.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16", "bf16-pure"])
+            p.add_argument("--peers", type=lambda s: s.split(","), default=["transformers-sdpa", "transformers-eager"],
+                           help="transformers-sdpa, transformers-eager (empty string: none)")
         else:
             p.add_argument("--impl", required=True)
             p.add_argument("--precision", required=True)

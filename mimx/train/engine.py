@@ -27,6 +27,8 @@ from mimx.train import checkpoint as ckpt
 from mimx.train.distributed import DistInfo, all_reduce_mean, any_rank, gather_objects
 from mimx.train.metrics import MetricsLog
 from mimx.train.optim import WarmupCosine, build_adamw, param_groups
+from mimx.train.precision import Precision
+from mimx.transformer import set_fused_attention
 
 CHECKPOINT_FORMAT = "mimx-checkpoint/1"
 
@@ -48,7 +50,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-pure (bf16 weights, fp32 masters) | fp16
+    fused_attention: str | bool = "auto"  # auto (fused SDPA, but matmul + softmax for bf16 on CPU) | true | false
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
     grad_checkpointing: bool = False
@@ -87,33 +90,12 @@ class StepContext:
     device: torch.device
     shared: torch.Generator  # same seed and state on every rank
     local: torch.Generator  # seeded per rank
+    dtype: torch.dtype = torch.float32  # dtype of the model's inputs (bf16 under bf16-pure)
 
     def global_noise(self, batch: int, length: int) -> torch.Tensor:
         """Noise for this rank's slice of the global batch, so masks do not depend on the process count."""
         noise = torch.rand(self.world * batch, length, generator=self.shared, device=self.device)
         return noise[self.rank * batch : (self.rank + 1) * batch]
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.precision`` (None = fp32)."""
-    if spec == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if spec not in table:
-        raise UserError(f"train.precision={spec!r}; choose auto, bf16, fp16 or fp32")
-    if spec == "fp16" and device.type != "cuda":
-        raise UserError("train.precision=fp16 needs a GPU; on the CPU use bf16 or fp32")
-    return table[spec]
 
 
 @dataclass
@@ -137,7 +119,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config or {}
         self.device = dist.device
-        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        self.precision = Precision(cfg.precision, self.device)
         if cfg.accum_steps < 1 or cfg.batch_size < 1:
             raise UserError("train.batch_size and train.accum_steps must be at least 1")
 
@@ -154,9 +136,15 @@ class Trainer:
             for m in self.model.modules():
                 if hasattr(m, "grad_checkpointing"):
                     m.grad_checkpointing = True
-        self.optimizer = build_adamw(param_groups(self.model, cfg.weight_decay), self.peak_lr,
-                                     tuple(cfg.betas), self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        choices = {"auto": self.precision.prefers_fused_attention(), "true": True, "false": False}
+        fused = choices.get(str(cfg.fused_attention).lower())
+        if fused is None:
+            raise UserError(f"train.fused_attention={cfg.fused_attention!r}; choose auto, true or false")
+        set_fused_attention(self.model, fused)
+        groups = param_groups(self.model, cfg.weight_decay)
+        self.precision.attach(self.model)
+        self.optimizer = build_adamw(self.precision.optimizer_groups(groups), self.peak_lr, tuple(cfg.betas),
+                                     self.device)
         self.shared = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.local = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 17 + dist.rank)
         self.step = 0
@@ -190,10 +178,10 @@ class Trainer:
             raise UserError(f"{path} is not a mimx training checkpoint (format {state.get('format')!r}); "
                             "use train.resume=never, or load its weights with `mimx ... init=PATH`")
         ckpt.check_compatible(state["meta"], self._meta(), path)
-        self.model.load_state_dict(state["model"])
+        self.precision.load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") and self.precision.scaler.is_enabled():
+            self.precision.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         ranks = state.get("ranks", [])
         if len(ranks) == self.dist.world:
@@ -225,20 +213,15 @@ class Trainer:
                 "config": self.config,
                 "step": self.step,
                 "total_steps": self.total_steps,
-                "model": self.model.state_dict(),
+                "model": self.precision.model_state(self.model),
                 "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "scaler": self.precision.scaler.state_dict() if self.precision.scaler.is_enabled() else None,
                 "ranks": ranks,
             }
             ckpt.save_atomic(state, path)
         return path
 
     # ------------------------------------------------------------------ loop
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_requested:  # second signal: stop now
             signal.signal(signum, signal.SIG_DFL)
@@ -254,7 +237,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.precision.autocast():
                 self.task.figure(self.model, self.run_dir / "figures" / f"step-{self.step:07d}.png")
         finally:
             self.model.train(was_training)
@@ -277,7 +260,7 @@ class Trainer:
         if main:
             print(f"[mimx] {self.task.modality} pretraining: {self.total_steps} steps of {self.global_batch} samples "
                   f"({self.dist.world} process(es) x {cfg.batch_size} x {cfg.accum_steps} accumulation), "
-                  f"peak lr {self.peak_lr:.3g}, precision {self.autocast_dtype or torch.float32}, "
+                  f"peak lr {self.peak_lr:.3g}, precision {self.precision.label()}, "
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
         if self.step == 0 and main and cfg.figure_every:
             self._figure()
@@ -294,21 +277,17 @@ class Trainer:
                 for micro in range(cfg.accum_steps):
                     batch = next(data)
                     ctx = StepContext(self.step, self.dist.rank, self.dist.world, self.device,
-                                      self.shared, self.local)
-                    sync = micro == cfg.accum_steps - 1 or not self.dist.enabled
+                                      self.shared, self.local, self.precision.input_dtype)
+                    # bf16-pure moves gradients to fp32 after every backward, so it reduces every micro-step
+                    sync = micro == cfg.accum_steps - 1 or not self.dist.enabled or self.precision.pure
                     no_sync = getattr(self.wrapped, "no_sync", None)
                     with contextlib.nullcontext() if sync or no_sync is None else no_sync():
-                        with self._autocast():
+                        with self.precision.autocast():
                             loss = self.task.loss(self.wrapped, batch, ctx)
-                        self.scaler.scale(loss / cfg.accum_steps).backward()
+                        self.precision.backward(loss / cfg.accum_steps)
                     running += loss.detach().float()
                     running_n += 1
-                if cfg.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
+                self.precision.step(self.optimizer, self.model, cfg.clip_grad)
                 self.step += 1
                 bar.update(1)
 
@@ -369,7 +348,7 @@ class Trainer:
     def _export_weights(self) -> None:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.precision.model_state(self.model).items()}
         tmp = self.run_dir / ".model.safetensors.tmp"
         meta = {"modality": self.task.modality, "format": "mimx-weights/1", "step": str(self.step),
                 **{k: json.dumps(v) for k, v in self.task.meta().items()}}

@@ -64,7 +64,7 @@ class ImagePretrainTask:
         return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config)}
 
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
-        x = self.normalizer(batch["image"].to(ctx.device, non_blocking=True))
+        x = self.normalizer(batch["image"].to(ctx.device, non_blocking=True)).to(ctx.dtype)
         if self.random_masking:
             p = self.config.patch_size
             tokens = (x.shape[-2] // p) * (x.shape[-1] // p)
@@ -74,9 +74,9 @@ class ImagePretrainTask:
     def figure(self, model: ImageMAE, path: Path) -> None:
         if self.figure_images is None:
             return
-        device = next(model.parameters()).device
-        x = self.normalizer(self.figure_images.to(device))
-        gen = torch.Generator(device=device).manual_seed(self.figure_seed)
+        weight = next(model.parameters())
+        x = self.normalizer(self.figure_images.to(weight.device)).to(weight.dtype)
+        gen = torch.Generator(device=weight.device).manual_seed(self.figure_seed)
         mask = model.make_mask(x, generator=gen)
         save_reconstruction_grid(reconstruction_panels(model, x, mask, self.normalizer), path)
 
