@@ -14,12 +14,15 @@ class Action:
 
     ``target`` is ``"module:function"``. With ``config`` set, the action takes
     hydra overrides and the function receives the composed config; otherwise it
-    receives the remaining command-line arguments (argparse style).
+    receives the remaining command-line arguments (argparse style). With
+    ``positional`` set, a first bare word is that config key's value
+    (``mimx image eval knn ...`` is ``protocol=knn``).
     """
 
     help: str
     target: str
     config: str | None = None
+    positional: str | None = None
 
     def load(self) -> Callable[..., Any]:
         module, _, name = self.target.partition(":")

@@ -35,9 +35,9 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _config_groups(modality: str, config: str) -> str:
+def _config_groups(modality: str, action: str, config: str) -> str:
     root = importlib.resources.files(f"mimx.configs.{modality}")
-    lines = [f"usage: mimx {modality} {config} [--cfg job] [key=value ...] [group=option ...]", "",
+    lines = [f"usage: mimx {modality} {action} [--cfg job] [key=value ...] [group=option ...]", "",
              f"config: configs/{modality}/{config}.yaml; groups and options:"]
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith("_"):
@@ -75,7 +75,7 @@ def run(argv: Sequence[str]) -> int:
         return int(action.load()(argv) or 0)
 
     if "-h" in argv or "--help" in argv:
-        print(_config_groups(modality, action.config))
+        print(_config_groups(modality, name, action.config))
         return 0
     print_cfg = False
     if "--cfg" in argv:
@@ -84,6 +84,8 @@ def run(argv: Sequence[str]) -> int:
             raise UserError("--cfg takes 'job' (print the resolved config and exit)")
         del argv[i : i + 2]
         print_cfg = True
+    if action.positional and argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        argv[0] = f"{action.positional}={argv[0]}"
     bad = [a for a in argv if a.startswith("-")]
     if bad:
         raise UserError(f"unknown option {bad[0]}; {modality} {name} takes hydra overrides like key=value")

@@ -132,6 +132,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world: int = 1,
         collate: Callable[[list[Any]], Any] = default_collate,
+        epochs: int | None = None,
     ) -> None:
         super().__init__()
         if not urls:
@@ -145,6 +146,7 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world = world
         self.collate = collate
+        self.epochs = epochs  # None: endless; else stop after that many epochs (last batch may be short)
         self.start: dict[int, tuple[int, int]] = {}
         self.worker_offset = 0  # DataLoader worker i plays logical worker (i + offset) % num_workers
 
@@ -197,7 +199,7 @@ class ShardStream(IterableDataset):
         epoch, skip = self.start.get(worker, (0, 0))
         pending: list[str] = []
         batch: list[Any] = []
-        while True:
+        while self.epochs is None or epoch < self.epochs:
             urls = self.epoch_urls(epoch, worker, num_workers)
             rng = random.Random(f"{self.seed}-{self.rank}-{worker}-{epoch}")
             consumed = decoded = 0
@@ -222,13 +224,18 @@ class ShardStream(IterableDataset):
                     pending.clear()  # the same list keeps collecting shard errors from _raw
                     yield out
                     batch = []
-            if decoded == 0 and consumed > skip:
+            if decoded == 0 and consumed > skip and self.epochs is None:
                 raise UserError(f"rank {self.rank} worker {worker}: none of the {consumed - skip} samples in "
                                 f"{len(urls)} shard(s) could be decoded, e.g. {pending[:3]}")
-            if consumed == 0:
+            if consumed == 0 and self.epochs is None:
                 raise UserError(f"rank {self.rank} worker {worker}: no sample could be read from {urls[:3]}: "
                                 f"{pending[:3] or 'the shards are empty'}")
             epoch, skip = epoch + 1, 0
+        if batch or pending:  # finite streams end with the short last batch (and any last skip reports)
+            out = self.collate(batch) if batch else {}
+            out["_pos"] = (worker, epoch, 0)
+            out["_skips"] = list(pending)
+            yield out
 
 
 class StreamLoader:
@@ -282,6 +289,8 @@ class StreamLoader:
             worker, epoch, consumed = batch.pop("_pos")
             self.skips.extend(batch.pop("_skips"))
             self.positions[int(worker)] = (int(epoch), int(consumed))
+            if not batch:  # a finite stream's final report with no samples left
+                continue
             self.batches += 1
             yield batch
 

@@ -102,8 +102,6 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     Accepts a training checkpoint (``last.pt``), a run folder (its final
     ``model.safetensors``, else ``checkpoints/last.pt``) or a ``.safetensors`` file mimx wrote.
     """
-    import json
-
     path = Path(path)
     if path.is_dir():
         candidates = [path / "model.safetensors", path / "checkpoints" / "last.pt"]
@@ -119,7 +117,7 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-        meta = {k: (json.loads(v) if k in ("architecture", "model_config") else v) for k, v in raw.items()}
+        meta = {k: _maybe_json(v) for k, v in raw.items()}
         if "model_config" not in meta:
             raise UserError(f"{path} carries no mimx model config; export it from a mimx run folder or checkpoint")
         return state, meta
@@ -127,3 +125,12 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     if "meta" not in state or "model" not in state:
         raise UserError(f"{path} is not a mimx checkpoint (no 'meta'/'model' entries)")
     return state["model"], state["meta"]
+
+
+def _maybe_json(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -7,6 +7,10 @@ ACTIONS = {
                        "mimx.modalities.image.pretrain:pretrain", config="pretrain"),
     "shards": Action("write an image folder (class subfolders = labels) as tar shards",
                      "mimx.modalities.image.shards:main"),
+    "eval": Action("evaluate an encoder on labelled shards: knn, linear (probe) or finetune",
+                   "mimx.modalities.image.evaluate:evaluate", config="eval", positional="protocol"),
+    "visualize": Action("reconstruction figure from a checkpoint and images (files, folders or shards)",
+                        "mimx.modalities.image.visualize:main"),
     "export": Action("export a checkpoint's encoder as a timm ViT (safetensors + timm arguments)",
                      "mimx.modalities.image.export:main"),
 }

@@ -9,13 +9,18 @@ from pathlib import Path
 import torch
 
 from mimx.config import UserError
+from mimx.modalities.image.data import IMAGENET_MEAN, IMAGENET_STD
 from mimx.modalities.image.interop import timm_kwargs, timm_state_dict, to_timm
 from mimx.modalities.image.model import ImageMAE, image_mae_config
 from mimx.train.checkpoint import read_model
 
 
 def load_image_mae(path: str | Path) -> ImageMAE:
-    """An :class:`ImageMAE` with the weights of a run folder, checkpoint or ``model.safetensors``."""
+    """An :class:`ImageMAE` with the weights of a run folder, checkpoint or ``model.safetensors``.
+
+    The pixel normalisation it was trained with is attached as ``model.normalization``
+    (``{"mean": [...], "std": [...]}``; ImageNet statistics for files that do not record it).
+    """
     state, meta = read_model(path)
     if meta.get("modality") != "image":
         raise UserError(f"{path} holds a {meta.get('modality')!r} model, not an image MAE")
@@ -24,6 +29,7 @@ def load_image_mae(path: str | Path) -> ImageMAE:
     if missing or unexpected:
         raise UserError(f"{path} does not match its own model config (missing {missing[:4]}, unexpected "
                         f"{unexpected[:4]}); the file is damaged or was edited")
+    model.normalization = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     return model.eval()
 
 

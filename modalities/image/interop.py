@@ -166,6 +166,9 @@ def to_timm(mae: ImageMAE, **overrides: Any) -> nn.Module:
     """A timm ``VisionTransformer`` holding the mimx encoder; loads with no missing or unexpected keys."""
     vit = build_timm_vit(timm_kwargs(mae.config), **overrides)
     state = timm_state_dict(mae)
+    target = vit.state_dict()
+    if "norm.weight" not in target and "fc_norm.weight" in target:  # avg pooling: the final norm follows the pool
+        state = {("fc_norm." + k[5:] if k.startswith("norm.") else k): v for k, v in state.items()}
     missing, unexpected = vit.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]  # a new classifier head is expected
     if missing or unexpected:

@@ -61,7 +61,8 @@ class ImagePretrainTask:
         self.figure_seed = figure_seed
 
     def meta(self) -> dict[str, Any]:
-        return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config)}
+        return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config),
+                "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)}}
 
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
         x = self.normalizer(batch["image"].to(ctx.device, non_blocking=True)).to(ctx.dtype)

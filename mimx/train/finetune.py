@@ -1,0 +1,145 @@
+"""Supervised fine-tuning of a ViT classifier as MAE does it.
+
+AdamW with layer-wise lr decay, drop-path, label smoothing, optional
+mixup/cutmix, warm-up then cosine per step. Each epoch ends with a validation
+pass; the weights of the best validation epoch are kept (the test split is the
+caller's, to be scored once with them).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimx.train.optim import WarmupCosine, build_adamw, param_groups
+from mimx.train.precision import Precision
+
+
+@dataclass
+class FinetuneConfig:
+    """``finetune`` section of eval configs (MAE's recipe, scaled down by default)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256
+    layer_decay: float = 0.75
+    weight_decay: float = 0.05
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    warmup_epochs: float = 3.0
+    min_lr: float = 1e-6
+    clip_grad: float | None = None
+    precision: str = "auto"
+    pool: str = "avg"  # avg (MAE fine-tuning: mean of patch tokens + norm) | token (class token)
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """Depth of a timm ViT parameter for layer-wise lr decay: embeddings 0, block i -> i + 1, head depth + 1."""
+    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float, depth: int) -> list[dict]:
+    """Parameter groups whose ``lr_scale`` is ``layer_decay ** (depth + 1 - layer id)``."""
+    return param_groups(model, weight_decay, skip={"cls_token", "pos_embed"},
+                        layer_scale=lambda n: layer_decay ** (depth + 1 - vit_layer_id(n, depth)))
+
+
+@dataclass
+class FinetuneResult:
+    best_epoch: int
+    best_val_top1: float
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+            precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and labels over ``batches``."""
+    model.eval()
+    preds, labels = [], []
+    for batch in batches:
+        x, y = prepare(batch)
+        with precision.autocast():
+            logits = model(x.to(precision.input_dtype))
+        preds.append(logits.float().argmax(1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(preds), torch.cat(labels)
+
+
+def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: int,
+             train_epoch: Callable[[int], Iterable[Any]], val_batches: Callable[[], Iterable[Any]],
+             prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
+             device: torch.device, seed: int = 0, log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` (a timm ViT with a classifier head) and keep its best validation epoch."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    log = log or (lambda text: print(text, file=sys.stderr))
+    torch.manual_seed(seed)
+    model.to(device)
+    precision = Precision(cfg.precision, device)
+    groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, depth)
+    precision.attach(model)
+    peak = cfg.base_lr * cfg.batch_size / 256
+    optimizer = build_adamw(precision.optimizer_groups(groups), peak, (0.9, 0.999), device)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    schedule = WarmupCosine(peak, total, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                      num_classes=num_classes)
+        soft_loss = SoftTargetCrossEntropy()
+
+    best: FinetuneResult | None = None
+    history = []
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        start, seen, running = time.perf_counter(), 0, 0.0
+        for batch in train_epoch(epoch):
+            x, y = prepare(batch)
+            if mixup is not None and len(x) % 2 == 0:
+                x, soft = mixup(x, y)
+            else:
+                soft = None
+            schedule.apply(optimizer, min(step, total - 1))
+            with precision.autocast():
+                logits = model(x.to(precision.input_dtype))
+                if soft is not None:
+                    loss = soft_loss(logits.float(), soft)
+                else:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            precision.backward(loss)
+            precision.step(optimizer, model, cfg.clip_grad)
+            running += float(loss.detach()) * len(x)
+            seen += len(x)
+            step += 1
+        pred, labels = predict(model, val_batches(), prepare, precision)
+        val = 100.0 * float((pred == labels).float().mean())
+        history.append({"epoch": epoch, "train_loss": running / max(1, seen), "val_top1": val,
+                        "seconds": time.perf_counter() - start})
+        log(f"[mimx] finetune epoch {epoch}/{cfg.epochs}: train loss {running / max(1, seen):.4f}, "
+            f"val top-1 {val:.2f}%")
+        if best is None or val > best.best_val_top1:
+            best = FinetuneResult(epoch, val, copy.deepcopy(precision.model_state(model)))
+    assert best is not None
+    best.history = history
+    if precision.pure:  # hand back an fp32 model with the best weights
+        model.float()
+    model.load_state_dict(best.state_dict)
+    return best

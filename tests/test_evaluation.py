@@ -1,0 +1,101 @@
+"""Evaluation protocols: kNN on a constructed case, the linear probe on a separable set, the CLI end to end."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from mimx.config import compose
+from mimx.data.split import SplitFilter, in_fraction
+from mimx.evaluation import accuracy, knn_predict, train_linear_probe
+from mimx.modalities.image.pretrain import pretrain
+from mimx.train.finetune import layer_decay_groups, vit_layer_id
+
+
+def test_knn_weighted_votes_on_a_constructed_case():
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 2])
+    queries = torch.tensor([[1.0, 0.0], [0.1, 1.0], [-1.0, 0.2], [1.0, 0.0]])
+    truth = torch.tensor([0, 1, 1, 1])
+    pred = knn_predict(train, labels, queries, num_classes=3, k=3, temperature=0.07)
+    # q1: the nearest sample (class 0) outweighs two farther class-1 samples; q3 and q4 are labelled wrong on purpose
+    assert pred.tolist() == [0, 1, 2, 0]
+    assert accuracy(pred, truth) == 50.0
+    # with a huge temperature the votes are (almost) equal: the majority of the 3 neighbours wins for q1
+    assert knn_predict(train, labels, queries[:1], 3, k=3, temperature=100.0).tolist() == [1]
+    # cosine similarity: scale does not matter
+    assert torch.equal(knn_predict(train * 5, labels, queries * 0.1, 3, k=3), pred)
+
+
+def test_linear_probe_learns_a_separable_set():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=gen) * 3
+    def blobs(n):
+        y = torch.arange(n) % 3
+        return centres[y] + torch.randn(n, 16, generator=gen) * 0.5 + 10.0, y  # offset: BatchNorm must handle it
+    (tx, ty), (vx, vy), (sx, sy) = blobs(300), blobs(60), blobs(60)
+    result = train_linear_probe(tx, ty, vx, vy, 3, lrs=(0.01, 0.1), epochs=10, batch_size=32)
+    assert result.val_top1 == 100.0 and result.lr in (0.01, 0.1) and 1 <= result.epoch <= 10
+    result.model.eval()
+    assert accuracy(result.model(sx).argmax(1), sy) == 100.0
+    assert len(result.history) == 20
+
+
+def test_splits_are_stable_and_disjoint():
+    keys = [f"k{i:05d}" for i in range(5000)]
+    train, val = SplitFilter("train", 0.1), SplitFilter("val", 0.1)
+    in_val = [k for k in keys if val(k)]
+    assert abs(len(in_val) - 500) < 60
+    assert not any(train(k) for k in in_val) and all(train(k) for k in keys if not val(k))
+    few = SplitFilter("train", 0.1, label_fraction=0.1)
+    assert abs(sum(map(few, keys)) - 450) < 60
+    assert in_fraction("abc", 0.5, "x") == in_fraction("abc", 0.5, "x")
+
+
+def test_layer_decay_scales():
+    from mimx.modalities.image import mae_vit
+    from mimx.modalities.image.interop import to_timm
+
+    vit = to_timm(mae_vit("tiny", img_size=16, patch_size=4, depth=3, decoder_depth=1, decoder_dim=32,
+                          decoder_heads=2), num_classes=5, global_pool="avg")
+    assert vit_layer_id("patch_embed.proj.weight", 3) == 0 and vit_layer_id("blocks.2.mlp.fc1.weight", 3) == 3
+    groups = layer_decay_groups(vit, 0.05, 0.5, depth=3)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale["head.weight"] == 1.0 and scale["blocks.2.attn.qkv.weight"] == 0.5
+    assert math.isclose(scale["cls_token"], 0.5**4)
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert decay["blocks.0.norm1.weight"] == 0.0 and decay["pos_embed"] == 0.0 and decay["head.weight"] == 0.05
+
+
+@pytest.fixture(scope="module")
+def tiny_run(samples, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("evalrun")
+    pretrain(compose("mimx.configs.image", "pretrain", tiny_overrides(run_dir, samples, "train.steps=30")))
+    return run_dir
+
+
+@pytest.mark.parametrize("protocol,extra", [
+    ("knn", []),
+    ("linear", ["linear.epochs=3", "linear.lrs=[0.1]"]),
+    ("finetune", ["finetune.epochs=3", "finetune.warmup_epochs=1", "finetune.base_lr=1e-2", "finetune.batch_size=64",
+                  "data.label_fraction=0.5", "data.scale=[0.8,1.0]", "data.hflip=0", "data.num_workers=1"]),
+])
+def test_eval_commands_end_to_end_on_mnist(samples, tiny_run, protocol, extra):
+    cmd = [sys.executable, "-m", "mimx", "image", "eval", protocol, f"checkpoint={tiny_run}",
+           f"data.train={samples}/mnist", f"data.test={samples}/mnist_test", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tiny_run / f"eval-{protocol}-pretrained.json").read_text())
+    assert result["test_samples"] == 1000 and result["num_classes"] == 10
+    assert 330 < result["val_samples"] < 470  # ~10 % of the 4,000 training digits
+    if protocol == "finetune":
+        assert 1600 < result["train_samples"] < 2000  # half of the other ~3,600 labels
+    else:
+        assert result["train_samples"] + result["val_samples"] == 4000
+    assert result["test_top1"] > 30.0, result  # chance is 10 %
+    metrics = (tiny_run / "metrics.csv").read_text()
+    assert f"eval-{protocol}-pretrained/test_top1" in metrics.splitlines()[0]
