@@ -235,7 +235,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         best = finetune(vit, ft, depth=mae.config.depth, num_classes=num_classes, train_epoch=train_epoch,
                         val_batches=lambda: data.batches("val"), prepare=prepare, steps_per_epoch=steps,
                         device=device, seed=cfg.seed)
-        pred, labels = predict(vit, data.batches("test"), prepare, Precision(ft.precision, device))
+        # finetune() hands back an fp32 model: score it under autocast (bf16-pure trained models included)
+        test_precision = Precision("bf16" if ft.precision == "bf16-pure" else ft.precision, device)
+        pred, labels = predict(vit, data.batches("test"), prepare, test_precision)
         result.update(val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),
                       chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
     result["seconds"] = round(time.perf_counter() - started, 1)
