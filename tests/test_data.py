@@ -10,7 +10,7 @@ from PIL import Image
 
 from mimx.config import UserError
 from mimx.data.shards import ShardWriter, dataset_size, expand_shards
-from mimx.data.stream import ShardStream, StreamLoader
+from mimx.data.stream import MemoryStream, ShardStream, StreamLoader, read_raw
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder
 from mimx.modalities.image.shards import write_image_shards
 
@@ -127,6 +127,17 @@ def test_truncated_shard_is_reported_and_reading_goes_on(tmp_path):
     first_epoch = seen[:35]  # 15 samples survive the cut, the second shard has 20
     assert sorted(first_epoch) == list(range(15)) + list(range(20, 40))
     assert loader.skips.count >= 1 and "t-000000.tar" in loader.skips.report()
+
+
+def test_memory_stream_reads_a_kept_subset_once_per_epoch(tmp_path):
+    shards = _write_numbered(tmp_path, 3, 10)
+    samples = read_raw(shards, lambda key: int(key[1:]) % 3 == 0)
+    assert [int(s["txt"]) for s in samples] == list(range(0, 30, 3))
+    assert read_raw(shards, lambda key: True, max_bytes=10) is None  # too large to hold: stream instead
+    stream = MemoryStream(samples, _index_decoder, batch_size=4, shuffle=16, epochs=2)
+    batches = list(StreamLoader(stream, num_workers=2, prefetch_factor=2))
+    seen = sorted(i for b in batches for i in b["idx"].tolist())
+    assert seen == sorted(list(range(0, 30, 3)) * 2)
 
 
 def test_pipe_urls_are_read(tmp_path):

@@ -80,6 +80,7 @@ def tiny_run(samples, tmp_path_factory):
 
 @pytest.mark.parametrize("protocol,extra", [
     ("knn", []),
+    ("knn", ["data.cache_mb=0"]),  # streamed splits instead of in-memory ones
     ("linear", ["linear.epochs=3", "linear.lrs=[0.1]"]),
     ("finetune", ["finetune.epochs=3", "finetune.warmup_epochs=1", "finetune.base_lr=1e-2", "finetune.batch_size=64",
                   "data.label_fraction=0.5", "data.scale=[0.8,1.0]", "data.hflip=0", "data.num_workers=1"]),

@@ -169,6 +169,10 @@ class ShardStream(IterableDataset):
         random.Random(f"{self.seed}-{epoch}").shuffle(order)
         return order[self.rank :: self.world][worker::num_workers]
 
+    def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
+        """Raw (undecoded) samples this worker reads in ``epoch``, before the shuffle buffer."""
+        return self._raw(self.epoch_urls(epoch, worker, num_workers), skips)
+
     def _raw(self, urls: list[str], skips: list[str]) -> Iterator[dict[str, Any]]:
         for url in urls:
             try:
@@ -200,10 +204,10 @@ class ShardStream(IterableDataset):
         pending: list[str] = []
         batch: list[Any] = []
         while self.epochs is None or epoch < self.epochs:
-            urls = self.epoch_urls(epoch, worker, num_workers)
+            source = self.epoch_source(epoch, worker, num_workers, pending)
             rng = random.Random(f"{self.seed}-{self.rank}-{worker}-{epoch}")
             consumed = decoded = 0
-            for sample in shuffle_buffer(self._raw(urls, pending), self.shuffle, rng):
+            for sample in shuffle_buffer(source, self.shuffle, rng):
                 consumed += 1
                 if consumed <= skip:
                     continue
@@ -225,10 +229,11 @@ class ShardStream(IterableDataset):
                     yield out
                     batch = []
             if decoded == 0 and consumed > skip and self.epochs is None:
-                raise UserError(f"rank {self.rank} worker {worker}: none of the {consumed - skip} samples in "
-                                f"{len(urls)} shard(s) could be decoded, e.g. {pending[:3]}")
+                raise UserError(f"rank {self.rank} worker {worker}: none of the {consumed - skip} samples of "
+                                f"epoch {epoch} could be decoded, e.g. {pending[:3]}")
             if consumed == 0 and self.epochs is None:
-                raise UserError(f"rank {self.rank} worker {worker}: no sample could be read from {urls[:3]}: "
+                raise UserError(f"rank {self.rank} worker {worker}: no sample could be read from "
+                                f"{self.epoch_urls(epoch, worker, num_workers)[:3]}: "
                                 f"{pending[:3] or 'the shards are empty'}")
             epoch, skip = epoch + 1, 0
         if batch or pending:  # finite streams end with the short last batch (and any last skip reports)
@@ -236,6 +241,48 @@ class ShardStream(IterableDataset):
             out["_pos"] = (worker, epoch, 0)
             out["_skips"] = list(pending)
             yield out
+
+
+class MemoryStream(ShardStream):
+    """A :class:`ShardStream` over raw samples already in memory (a small subset read once).
+
+    Worker ``w`` of ``n`` reads samples ``w, w + n, ...``; the shuffle buffer,
+    per-sample random streams, batching and positions work as for shards.
+    """
+
+    def __init__(self, samples: Sequence[dict[str, Any]], decode: Decoder, **kwargs: Any) -> None:
+        super().__init__(["<memory>"], decode, **kwargs)
+        self.samples = list(samples)
+
+    def check_split(self, num_workers: int) -> None:
+        if len(self.samples) < max(1, num_workers):
+            raise UserError(f"{len(self.samples)} sample(s) in memory for {num_workers} workers; use fewer workers")
+
+    def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
+        return iter(self.samples[worker::num_workers])
+
+
+def read_raw(urls: Sequence[str], keep: Callable[[str], bool], *, max_bytes: int | None = None,
+             skips: SkipLog | None = None) -> list[dict[str, Any]] | None:
+    """The undecoded samples of ``urls`` whose key ``keep`` accepts, in file order.
+
+    Returns None as soon as they exceed ``max_bytes`` (the caller then streams instead).
+    """
+    errors: list[str] = []
+    found, size = [], 0
+    for sample in ShardStream(list(urls), _identity, batch_size=1)._raw(list(urls), errors):
+        if keep(sample["__key__"]):
+            found.append(sample)
+            size += sum(len(v) for v in sample.values() if isinstance(v, bytes))
+            if max_bytes is not None and size > max_bytes:
+                return None
+    if skips is not None:
+        skips.extend(errors)
+    return found
+
+
+def _identity(sample: dict[str, Any], rng: Any) -> dict[str, Any]:
+    return sample
 
 
 class StreamLoader:

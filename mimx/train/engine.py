@@ -176,7 +176,7 @@ class Trainer:
         state = ckpt.load(path, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path} is not a mimx training checkpoint (format {state.get('format')!r}); "
-                            "use train.resume=never, or load its weights with `mimx ... init=PATH`")
+                            "point train.resume at a checkpoints/last.pt, or start over with train.resume=never")
         ckpt.check_compatible(state["meta"], self._meta(), path)
         self.precision.load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

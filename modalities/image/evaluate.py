@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.shards import expand_shards
 from mimx.data.split import FilteredDecoder, SplitFilter, count_kept
-from mimx.data.stream import ShardStream, SkipLog, StreamLoader
+from mimx.data.stream import MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
 from mimx.evaluation import accuracy, knn_predict, train_linear_probe
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer, read_label
 from mimx.modalities.image.export import load_image_mae
@@ -54,6 +54,7 @@ class EvalDataConfig:
     hflip: float = 0.5
     batch_size: int = 256  # feature extraction / evaluation batches
     num_workers: int = 2
+    cache_mb: int = 1024  # train and val parts up to this size are read once and kept in memory
 
 
 @dataclass
@@ -87,24 +88,46 @@ class EvalData:
         self.parts = {"train": SplitFilter("train", cfg.val_fraction, cfg.label_fraction, cfg.split_seed),
                       "val": SplitFilter("val", cfg.val_fraction, 1.0, cfg.split_seed),
                       "test": SplitFilter("all")}
+        self._memory: dict[str, list | None] = {}
+
+    def _in_memory(self, part: str) -> list | None:
+        """Raw samples of a train or val part, read once (None when larger than data.cache_mb)."""
+        if part == "test":  # scored once: streamed
+            return None
+        if part not in self._memory:
+            self._memory[part] = read_raw(self.train_urls, self.parts[part], max_bytes=self.cfg.cache_mb * 2**20,
+                                          skips=self.skips)
+        return self._memory[part]
 
     def batches(self, part: str, *, train_transform: bool = False, batch_size: int | None = None,
                 seed: int = 0) -> StreamLoader:
         """One pass over a part: centre crops in file order, or (``train_transform``) shuffled random crops."""
         urls = self.test_urls if part == "test" else self.train_urls
-        decoder = FilteredDecoder(ImageDecoder(self.image, train=train_transform), self.parts[part])
-        workers = min(self.cfg.num_workers, len(urls))
-        stream = ShardStream(urls, decoder, batch_size=batch_size or self.cfg.batch_size,
-                             shuffle=2000 if train_transform else 0, seed=seed, epochs=1)
+        decoder = ImageDecoder(self.image, train=train_transform)
+        kwargs = dict(batch_size=batch_size or self.cfg.batch_size, shuffle=2000 if train_transform else 0,
+                      seed=seed, epochs=1)
+        samples = self._in_memory(part)
+        if samples is not None:
+            stream: ShardStream = MemoryStream(samples, decoder, **kwargs)
+            workers = min(self.cfg.num_workers, len(samples))
+        else:
+            stream = ShardStream(urls, FilteredDecoder(decoder, self.parts[part]), **kwargs)
+            workers = min(self.cfg.num_workers, len(urls))
         loader = StreamLoader(stream, num_workers=workers, prefetch_factor=4)
         loader.skips = self.skips  # one report for the whole evaluation
         return loader
 
     def count(self, part: str) -> int:
+        samples = self._in_memory(part)
+        if samples is not None:
+            return len(samples)
         return count_kept(self.test_urls if part == "test" else self.train_urls, self.parts[part])
 
     def labels(self, part: str) -> torch.Tensor:
         """Every label of a part, read without decoding images."""
+        samples = self._in_memory(part)
+        if samples is not None:
+            return torch.tensor([read_label(s) for s in samples], dtype=torch.long)
         urls = self.test_urls if part == "test" else self.train_urls
         stream = ShardStream(urls, FilteredDecoder(_label_only, self.parts[part]), batch_size=4096, shuffle=0,
                              epochs=1)
