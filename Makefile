@@ -1,11 +1,12 @@
 # mimx: one command sets everything up for each job.
 #   make test   create .venv, install mimx with its test extras, lint, run the test suite (CI runs this)
 #   make demo   create .venv, build the embedded sample shards, pretrain a small image MAE on them
+#   make demo-video  the same for a small VideoMAE on the embedded real clips
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup samples test lint demo clean
+.PHONY: setup samples test lint demo demo-video clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,7 @@ setup: $(BIN)/.installed
 
 samples: setup
 	$(BIN)/python -m mimx.datasets.samples data/samples
+	$(BIN)/python -m mimx.datasets.video_samples data/samples
 
 lint: setup
 	$(BIN)/ruff check .
@@ -25,6 +27,9 @@ test: setup lint
 
 demo: samples
 	$(BIN)/mimx image pretrain experiment=demo
+
+demo-video: samples
+	$(BIN)/mimx video pretrain experiment=demo
 
 clean:
 	rm -rf $(VENV) data/samples runs

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from mimx.losses import masked_loss
-from mimx.masking import Mask, RandomMasking
-from mimx.patches import normalize_patches, patchify
+from mimx.masking import Mask, RandomMasking, gather_tokens
+from mimx.patches import denormalize_patches, normalize_patches, patchify
 from mimx.transformer import MaskedDecoder, MaskedEncoder
 
 
@@ -32,23 +32,57 @@ class MAEOutput:
     target: torch.Tensor
     mask: Mask
     layout: Any = None
+    decoded: torch.Tensor | None = None  # [B, K_d] token ids when the decoder reconstructed only a subset
+
+    def full_prediction(self) -> torch.Tensor:
+        """``pred`` as ``[B, L, P]``: with subset decoding, tokens not decoded are zero."""
+        if self.decoded is None:
+            return self.pred
+        full = self.pred.new_zeros(*self.mask.mask.shape, self.pred.shape[-1])
+        index = self.decoded.unsqueeze(-1).expand(-1, -1, self.pred.shape[-1])
+        return full.scatter(1, index, self.pred)
 
 
 class PixelTarget:
-    """Patchified pixels, optionally normalised per token (MAE's norm-pix target)."""
+    """Patchified pixels, optionally normalised per token (MAE's norm-pix target).
+
+    ``per_channel``: normalise each channel of a token on its own (VideoMAE);
+    ``eps_outside``: divide by ``std + eps`` rather than ``sqrt(var + eps)``;
+    ``mean``/``std``: undo the input normalisation first, so targets are pixels
+    in [0, 1] (VideoMAE computes its targets that way).
+    """
 
     def __init__(self, patch: tuple[int, ...], norm_pix: bool = True, per_channel: int | None = None,
-                 eps: float = 1e-6) -> None:
+                 eps: float = 1e-6, eps_outside: bool = False, mean: list[float] | None = None,
+                 std: list[float] | None = None) -> None:
         self.patch = tuple(patch)
         self.norm_pix = norm_pix
         self.per_channel = per_channel
         self.eps = eps
+        self.eps_outside = eps_outside
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The input with its normalisation undone (when mean/std are set)."""
+        x = x.float()
+        if self.mean is None or self.std is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.std.to(x.device).view(shape) + self.mean.to(x.device).view(shape)
 
     def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
-        target = patchify(x.float(), self.patch)
+        target = patchify(self.pixels(x), self.patch)
         if self.norm_pix:
-            target = normalize_patches(target, self.per_channel, self.eps)
+            target = normalize_patches(target, self.per_channel, self.eps, self.eps_outside)
         return target
+
+    def denormalize(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Predicted patches back in the pixel space of :meth:`pixels`, using ``x``'s patch statistics."""
+        reference = patchify(self.pixels(x), self.patch)
+        if not self.norm_pix:
+            return pred.float()
+        return denormalize_patches(pred.float(), reference, self.per_channel, self.eps, self.eps_outside)
 
     def __repr__(self) -> str:
         return f"PixelTarget(patch={self.patch}, norm_pix={self.norm_pix})"
@@ -66,6 +100,8 @@ class MaskedAutoencoder(nn.Module):
         masking: callable ``(B, L, layout, noise=, generator=, device=) -> Mask``.
         target: callable ``(x, layout) -> [B, L, P]``.
         loss: ``mse``, ``l1``, ``smooth_l1`` or ``cross_entropy``.
+        decode_subset: optional callable ``(mask, layout, noise=, generator=) -> [B, K_d]``
+            choosing the hidden tokens the decoder reconstructs (VideoMAE v2 dual masking).
     """
 
     def __init__(
@@ -78,6 +114,7 @@ class MaskedAutoencoder(nn.Module):
         masking: Callable[..., Mask] | None = None,
         target: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
         loss: str = "mse",
+        decode_subset: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -88,6 +125,7 @@ class MaskedAutoencoder(nn.Module):
         self.masking = masking if masking is not None else RandomMasking(0.75)
         self.target = target
         self.loss_kind = loss
+        self.decode_subset = decode_subset
 
     def make_mask(self, x: torch.Tensor, *, noise: torch.Tensor | None = None,
                   generator: torch.Generator | None = None) -> Mask:
@@ -103,12 +141,16 @@ class MaskedAutoencoder(nn.Module):
         noise: torch.Tensor | None = None,
         mask: Mask | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        decode_noise: torch.Tensor | None = None,
+        decode_all: bool = False,
     ) -> MAEOutput:
         """Mask, encode, decode and score ``x``.
 
         The mask is ``mask`` if given (a :class:`Mask` or a bool ``[B, L]``
         tensor), else drawn by the masking generator from ``noise`` or
-        ``generator``; the same ``noise`` always gives the same output.
+        ``generator``; the same ``noise`` always gives the same output. With a
+        ``decode_subset`` the decoder reconstructs only the chosen hidden tokens
+        (from ``decode_noise`` or ``generator``) unless ``decode_all``.
         """
         tokens, layout = self.tokenizer(x)
         batch, length = tokens.shape[:2]
@@ -120,10 +162,17 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"mask has shape {tuple(mask.mask.shape)} but the input has {batch}x{length} tokens")
         latent = self.encoder(tokens, self.encoder_pos(layout, tokens.device), mask)
         dec_pos = None if self.decoder_pos is None else self.decoder_pos(layout, tokens.device)
-        pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens)
         if self.target is None:
             raise RuntimeError("this model has no target: it can encode but not be trained")
         target = self.target(x, layout)
+        if self.decode_subset is not None and not decode_all:
+            ids = self.decode_subset(mask, layout, noise=decode_noise, generator=generator)
+            pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens, decode_ids=ids)
+            target = gather_tokens(target, ids)
+            loss = masked_loss(pred, target, torch.ones(ids.shape, dtype=torch.bool, device=ids.device),
+                               self.loss_kind)
+            return MAEOutput(loss=loss, pred=pred, target=target, mask=mask, layout=layout, decoded=ids)
+        pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens)
         loss = masked_loss(pred, target, mask.mask, self.loss_kind)
         return MAEOutput(loss=loss, pred=pred, target=target, mask=mask, layout=layout)
 

@@ -270,6 +270,66 @@ class CoarseMasking:
         return coarse_mask(batch, tuple(layout), self.cell, self.ratio, generator=generator, device=device)
 
 
+def running_cell_pattern(grid: tuple[int, int, int], ratio: float, cell: int = 2) -> torch.Tensor:
+    """VideoMAE v2's running-cell pattern on a ``(t, h, w)`` grid: True where the decoder reconstructs.
+
+    The grid is tiled with ``cell x cell`` cells; in frame ``t`` the positions
+    ``t, t+1, ..., t+keep-1`` (mod cell², raster order in the cell) are kept,
+    ``keep = round(cell² * (1 - ratio))``, so the kept set runs through the cell
+    over time and every position is reconstructed in some frame.
+    """
+    t, h, w = grid
+    per_cell = cell * cell
+    keep = max(1, round(per_cell * (1 - check_ratio(ratio, "decoder mask ratio"))))
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    slot = ((ys % cell) * cell + xs % cell).reshape(1, -1)
+    offset = (slot - torch.arange(t).reshape(-1, 1)) % per_cell
+    return (offset < keep).reshape(-1)
+
+
+def decode_subset(
+    mask: Mask,
+    grid: tuple[int, int, int],
+    ratio: float,
+    *,
+    cell: int = 2,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """VideoMAE v2 dual masking: ``[B, K_d]`` ids of the hidden tokens the decoder reconstructs.
+
+    ``K_d = round(hidden * (1 - ratio))`` in every sample (so the decoder
+    batches without padding); hidden tokens in the running-cell pattern come
+    first, ties and the remainder are broken by ``noise`` (``[B, L]`` in [0, 1))
+    or by ``generator``.
+    """
+    batch, length = mask.mask.shape
+    hidden = length - mask.num_visible
+    count = max(1, round(hidden * (1 - check_ratio(ratio, "decoder mask ratio"))))
+    device = mask.mask.device
+    if noise is None:
+        noise = torch.rand(batch, length, generator=generator, device=device)
+    pattern = running_cell_pattern(grid, ratio, cell).to(device)
+    score = pattern.to(noise.dtype).unsqueeze(0) + 0.5 * noise.to(device)
+    score = score.masked_fill(~mask.mask, -1.0)
+    ids = score.topk(count, dim=1).indices
+    return ids.sort(dim=1).values
+
+
+class RunningCellDecoding:
+    """VideoMAE v2 decoder masking: reconstruct ``1 - ratio`` of the hidden tokens, running-cell first."""
+
+    def __init__(self, ratio: float = 0.5, cell: int = 2) -> None:
+        self.ratio = check_ratio(ratio, "decoder mask ratio")
+        self.cell = cell
+
+    def __call__(self, mask: Mask, layout, *, noise=None, generator=None) -> torch.Tensor:
+        return decode_subset(mask, tuple(layout), self.ratio, cell=self.cell, noise=noise, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"RunningCellDecoding(ratio={self.ratio}, cell={self.cell})"
+
+
 MASKINGS = {"random": RandomMasking, "tube": TubeMasking, "block": BlockMasking, "coarse": CoarseMasking}
 
 

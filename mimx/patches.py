@@ -64,25 +64,25 @@ def unpatchify(tokens: torch.Tensor, patch: Sequence[int], grid: Sequence[int], 
     return x.reshape(b, channels, *[g * p for g, p in zip(grid, patch, strict=True)])
 
 
-def normalize_patches(patches: torch.Tensor, channels: int | None = None, eps: float = 1e-6) -> torch.Tensor:
+def _scale(var: torch.Tensor, eps: float, eps_outside: bool) -> torch.Tensor:
+    return var.sqrt() + eps if eps_outside else (var + eps).sqrt()
+
+
+def normalize_patches(patches: torch.Tensor, channels: int | None = None, eps: float = 1e-6,
+                      eps_outside: bool = False) -> torch.Tensor:
     """Per-token normalisation of pixel targets (MAE's norm-pix loss).
 
     With ``channels=None`` each token is normalised over all its values with
     ``(x - mean) / sqrt(var + eps)`` (unbiased variance), as MAE. With a channel
-    count, each channel of a token is normalised on its own.
+    count, each channel of a token is normalised on its own (VideoMAE).
+    ``eps_outside`` divides by ``sqrt(var) + eps`` instead, as VideoMAE.
     """
-    if channels is None:
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, keepdim=True)
-        return (patches - mean) / (var + eps).sqrt()
-    shaped = patches.unflatten(-1, (-1, channels))
-    mean = shaped.mean(dim=-2, keepdim=True)
-    var = shaped.var(dim=-2, keepdim=True)
-    return ((shaped - mean) / (var + eps).sqrt()).flatten(-2)
+    mean, var = patch_stats(patches, channels)
+    return (patches - mean) / _scale(var, eps, eps_outside)
 
 
 def patch_stats(patches: torch.Tensor, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance used by :func:`normalize_patches`, to undo it later."""
+    """Mean and unbiased variance used by :func:`normalize_patches`, broadcastable to ``patches``."""
     if channels is None:
         return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
     shaped = patches.unflatten(-1, (-1, channels))
@@ -91,11 +91,12 @@ def patch_stats(patches: torch.Tensor, channels: int | None = None) -> tuple[tor
 
 
 def denormalize_patches(
-    normalized: torch.Tensor, reference: torch.Tensor, channels: int | None = None, eps: float = 1e-6
+    normalized: torch.Tensor, reference: torch.Tensor, channels: int | None = None, eps: float = 1e-6,
+    eps_outside: bool = False,
 ) -> torch.Tensor:
     """Undo :func:`normalize_patches` with the statistics of ``reference`` (the original patches)."""
     mean, var = patch_stats(reference, channels)
-    return normalized * (var + eps).sqrt() + mean
+    return normalized * _scale(var, eps, eps_outside) + mean
 
 
 class PatchTokenizer(nn.Module):

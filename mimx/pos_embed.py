@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from mimx.config import UserError
+
 
 def sincos_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """``[N] -> [N, dim]`` as ``[sin(p * w_i) | cos(p * w_i)]`` with ``w_i = T^(-i / (dim/2))``."""
@@ -74,3 +76,57 @@ class SinCosGridPosition(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+@functools.lru_cache(maxsize=16)
+def _index_table_cached(length: int, dim: int, temperature: float) -> torch.Tensor:
+    exponent = 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim
+    angles = torch.arange(length, dtype=torch.float64).reshape(-1, 1) / temperature ** exponent.reshape(1, -1)
+    table = torch.empty_like(angles)
+    table[:, 0::2] = angles[:, 0::2].sin()
+    table[:, 1::2] = angles[:, 1::2].cos()
+    return table.to(torch.float32)
+
+
+def sincos_index_table(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """``[length, dim]`` sinusoid table over the flattened token index, sin and cos interleaved.
+
+    This is the transformer-paper table that VideoMAE (and transformers' port of
+    it) adds to tubelet tokens; it ignores the grid's shape, so a model trained
+    with it only makes sense at the token count it was trained on.
+    """
+    return _index_table_cached(int(length), int(dim), float(temperature)).clone()
+
+
+class SinCosIndexPosition(torch.nn.Module):
+    """Maps a token grid to the flattened-index sinusoid table ``[1, prod(grid), dim]`` (VideoMAE)."""
+
+    def __init__(self, dim: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.temperature = temperature
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, grid: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+        key = (tuple(grid), device)
+        table = self._cache.get(key)
+        if table is None:
+            length = 1
+            for n in grid:
+                length *= int(n)
+            table = sincos_index_table(length, self.dim, self.temperature).unsqueeze(0).to(device)
+            self._cache[key] = table
+        return table
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+POSITIONS = {"grid": SinCosGridPosition, "index": SinCosIndexPosition}
+
+
+def build_position(kind: str, dim: int) -> torch.nn.Module:
+    """``grid``: separable sin-cos per axis (any grid size); ``index``: VideoMAE's flattened-index table."""
+    if kind not in POSITIONS:
+        raise UserError(f"unknown position embedding {kind!r}; choose one of {', '.join(POSITIONS)}")
+    return POSITIONS[kind](dim)

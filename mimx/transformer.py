@@ -9,7 +9,28 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mimx.config import UserError
 from mimx.masking import Mask, gather_tokens
+
+# width, depth, heads (ViT paper; MAE and VideoMAE use the same encoders)
+VIT_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+def apply_preset(values: dict, presets: dict[str, dict], what: str = "model.preset") -> dict:
+    """Fill ``values`` from ``values["preset"]`` (explicit keys win); the name becomes ``vit_<preset>``."""
+    values = dict(values)
+    preset = values.pop("preset", None)
+    if preset is None:
+        return values
+    if preset not in presets:
+        raise UserError(f"unknown {what} {preset!r}; choose one of {', '.join(presets)}")
+    return {**presets[preset], "name": f"vit_{preset}", **values}
 
 
 def make_blocks(
@@ -65,6 +86,7 @@ class MaskedEncoder(nn.Module):
         init_values: float | None = None,
         class_token: bool = True,
         mask_token: bool = False,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -76,7 +98,7 @@ class MaskedEncoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
         self.blocks = make_blocks(dim, depth, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                                   norm_eps=norm_eps, drop_path=drop_path, init_values=init_values)
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
         self.grad_checkpointing = False
 
     @property
@@ -107,6 +129,8 @@ class MaskedDecoder(nn.Module):
     Input: encoder features ``[B, P + K, D_enc]`` (prefix tokens first). If
     ``K`` is smaller than the token count the hidden positions are filled with
     the learned mask token through ``mask.ids_restore``. Output: ``[B, L, out_dim]``.
+    With ``decode_ids`` (``[B, K_d]``, VideoMAE v2 dual masking) only those
+    hidden tokens get a mask token and a prediction: output ``[B, K_d, out_dim]``.
     With ``depth=0`` it is a linear head on the encoder features (SimMIM).
     """
 
@@ -122,15 +146,18 @@ class MaskedDecoder(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         fill_hidden: bool = True,
+        embed_bias: bool = True,
+        head_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.embed = nn.Linear(in_dim, dim) if depth else nn.Identity()
+        self.embed = nn.Linear(in_dim, dim, bias=embed_bias) if depth else nn.Identity()
         width = dim if depth else in_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width)) if fill_hidden else None
         self.blocks = make_blocks(width, depth, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                                   norm_eps=norm_eps) if depth else nn.ModuleList()
-        self.norm = nn.LayerNorm(width, eps=norm_eps) if depth else nn.Identity()
+        head_eps = norm_eps if head_norm_eps is None else head_norm_eps
+        self.norm = nn.LayerNorm(width, eps=head_eps) if depth else nn.Identity()
         self.head = nn.Linear(width, out_dim)
         self.grad_checkpointing = False
 
@@ -139,10 +166,13 @@ class MaskedDecoder(nn.Module):
         return self.head.in_features
 
     def forward(
-        self, latent: torch.Tensor, pos: torch.Tensor | None, mask: Mask, num_prefix: int = 1
+        self, latent: torch.Tensor, pos: torch.Tensor | None, mask: Mask, num_prefix: int = 1,
+        decode_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self.embed(latent)
         prefix, x = x[:, :num_prefix], x[:, num_prefix:]
+        if decode_ids is not None:
+            return self._decode_subset(prefix, x, pos, mask, decode_ids)
         length = mask.mask.shape[1]
         if x.shape[1] != length:
             if self.mask_token is None:
@@ -156,6 +186,20 @@ class MaskedDecoder(nn.Module):
             x = run_blocks(self.blocks, x, self.grad_checkpointing)
             x = self.norm(x)[:, num_prefix:]
         return self.head(x)
+
+    def _decode_subset(self, prefix: torch.Tensor, visible: torch.Tensor, pos: torch.Tensor | None, mask: Mask,
+                       decode_ids: torch.Tensor) -> torch.Tensor:
+        if self.mask_token is None or not len(self.blocks) or visible.shape[1] != mask.num_visible:
+            raise RuntimeError("decoding a subset needs a transformer decoder fed only the visible tokens")
+        batch = visible.shape[0]
+        queries = self.mask_token.to(visible.dtype).expand(batch, decode_ids.shape[1], -1)
+        if pos is not None:
+            pos = pos.to(visible.dtype).expand(batch, -1, -1)
+            visible = visible + gather_tokens(pos, mask.ids_keep)
+            queries = queries + gather_tokens(pos, decode_ids)
+        x = torch.cat([prefix, visible, queries], dim=1)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
+        return self.head(self.norm(x[:, -decode_ids.shape[1]:]))
 
 
 def set_fused_attention(module: nn.Module, enabled: bool) -> int:

@@ -10,9 +10,9 @@ from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_pos
 from mimx.config import UserError  # noqa: E402
 from mimx.modalities.image import mae_vit  # noqa: E402
 from mimx.modalities.image.interop import (  # noqa: E402
-    _normalise_hf_keys,
     build_timm_vit,
     from_transformers,
+    normalise_hf_keys,
     timm_kwargs,
     timm_state_dict,
     to_timm,
@@ -74,7 +74,7 @@ def test_transformers_4x_key_names_are_understood():
         k = k.replace("attention.o_proj.", "attention.output.dense.")
         k = k.replace("mlp.fc1.", "intermediate.dense.").replace("mlp.fc2.", "output.dense.")
         old[k] = v
-    assert _normalise_hf_keys(old).keys() == state.keys()
+    assert normalise_hf_keys(old).keys() == state.keys()
 
 
 def test_zero_position_table_is_refused_with_the_reason():

@@ -70,7 +70,7 @@ def test_bad_sizes_and_ratios_get_clear_errors():
         m(torch.randn(1, 3, 30, 32))
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         small(masking={"kind": "random", "ratio": 1.0})
-    with pytest.raises(UserError, match="unknown ViT preset"):
+    with pytest.raises(UserError, match="unknown model.preset"):
         image_mae_config(preset="gigantic")
     with pytest.raises(UserError, match="did you mean model.embed_dim"):
         image_mae_config({"embed_dimm": 3})

@@ -1,16 +1,21 @@
 """Speed benchmarks: mimx against its peers, measured in the same run on the same machine.
 
     python tools/benchmark.py step   [--model base] [--batch 8] [--precisions fp32,bf16] [--device auto]
+    python tools/benchmark.py step   --modality video [--model small] [--batch 2] [--frames 16]
     python tools/benchmark.py loader [--shards data/samples/mnist] [--size 224] [--workers 1,2]
+    python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav]
     python tools/benchmark.py peak
 
 ``step``: train-step throughput (forward, backward, AdamW) and peak memory of
 mimx's MAE against transformers' ``ViTMAEForPreTraining`` with the same
 weights, config and noise (the loss of both is printed to show they compute the
-same thing). Each configuration runs in its own process so that peak memory
+same thing); with ``--modality video`` mimx's VideoMAE (also with v2 dual
+masking, ``mimx-dual``) against ``VideoMAEForPreTraining`` with the same weights
+and tube mask. Each configuration runs in its own process so that peak memory
 (``ru_maxrss`` on the CPU, ``max_memory_allocated`` on a GPU) is its own. It
 also prints achieved FLOP/s against the machine's measured matmul peak.
-``loader``: decoded + augmented images per second from shards, per worker count.
+``loader``: decoded + augmented images per second from shards, per worker count;
+``video-loader``: decoded + cropped clips per second per decoder backend and worker count.
 Results go in docs/benchmarks.md with the command that produced them.
 """
 
@@ -84,70 +89,42 @@ def hf_model(preset: str, image: int, patch: int, mask_ratio: float, norm_pix: b
 # ----------------------------------------------------------------------------- one measured configuration
 
 
+VIDEO_DECODERS = {"tiny": (192, 3), "small": (192, 3), "base": (384, 6), "large": (512, 8), "huge": (640, 8)}
+
+
+def hf_video_model(preset: str, image: int, patch: int, frames: int, tubelet: int, seed: int = 0):
+    """A transformers VideoMAEForPreTraining (random init) with VideoMAE's decoder for the preset."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    width, depth, heads = PRESET_SIZES[preset]
+    dec_width, dec_heads = VIDEO_DECODERS[preset]
+    cfg = VideoMAEConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                         intermediate_size=4 * width, image_size=image, patch_size=patch, num_frames=frames,
+                         tubelet_size=tubelet, decoder_hidden_size=dec_width, decoder_num_attention_heads=dec_heads,
+                         decoder_intermediate_size=4 * dec_width, decoder_num_hidden_layers=4, norm_pix_loss=True)
+    torch.manual_seed(seed)
+    return VideoMAEForPreTraining(cfg)
+
+
 def measure_step(args: argparse.Namespace) -> dict:
-    """Runs in a child process: time ``steps`` train steps of one implementation at one precision.
+    if args.modality == "video":
+        return measure_video_step(args)
+    return measure_image_step(args)
 
-    mimx runs its training engine's hot path (``Precision``, fused AdamW,
-    attention switch); transformers runs a plain autocast loop with its
-    attention implementation (``sdpa`` or ``eager``).
-    """
-    from mimx.modalities.image.interop import from_transformers
-    from mimx.train.optim import build_adamw, param_groups
-    from mimx.train.precision import Precision
-    from mimx.transformer import set_fused_attention
 
-    device = device_of(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    hf = hf_model(args.model, args.image, args.patch, args.mask_ratio, True)
-    grid = args.image // args.patch
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(args.batch, 3, args.image, args.image, generator=gen, device=device)
-
-    if args.impl == "mimx":
-        model = from_transformers(hf).to(device).train()
-        precision = Precision(args.precision, device)
-        set_fused_attention(model, precision.prefers_fused_attention())  # the engine's auto rule
-        groups = param_groups(model, 0.05)
-        precision.attach(model)
-        optimizer = build_adamw(precision.optimizer_groups(groups), 1e-4, (0.9, 0.95), device)
-        fwd = torch.compile(model) if args.compile else model
-        xin = x.to(precision.input_dtype)
-
-        def step(noise: torch.Tensor) -> torch.Tensor:
-            with precision.autocast():
-                loss = fwd(xin, noise=noise).loss
-            precision.backward(loss)
-            precision.step(optimizer, model, None)
-            return loss.detach()
-    else:
-        attn = args.impl.split("-", 1)[1] if "-" in args.impl else "sdpa"
-        hf.config._attn_implementation = attn
-        model = hf.to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
-        fwd = torch.compile(model) if args.compile else model
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-
-        def step(noise: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = fwd(pixel_values=x, noise=noise).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()
-
-    del hf
-    first_noise = torch.rand(args.batch, grid * grid, generator=torch.Generator().manual_seed(1)).to(device)
+def timed_steps(args: argparse.Namespace, step, new_noise, first_noise, device: torch.device) -> dict:
+    """Warm up, then time ``args.steps`` steps; the first step's loss shows that both compute the same thing."""
     first_loss = float(step(first_noise))  # same weights + noise for every implementation
     for _ in range(args.warmup):
-        step(torch.rand(args.batch, grid * grid, generator=gen, device=device))
+        step(new_noise())
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.steps):  # the median step resists the noise of a shared machine
+        noise = new_noise()
         t = time.perf_counter()
-        step(torch.rand(args.batch, grid * grid, generator=gen, device=device))
+        step(noise)
         sync(device)
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
@@ -157,15 +134,122 @@ def measure_step(args: argparse.Namespace) -> dict:
             "step_s": step_s, "peak_bytes": peak, "first_loss": first_loss}
 
 
+def mimx_step(model, args: argparse.Namespace, device: torch.device, x: torch.Tensor, call):
+    """The training engine's hot path: Precision, fused AdamW, its attention choice."""
+    from mimx.train.optim import build_adamw, param_groups
+    from mimx.train.precision import Precision
+    from mimx.transformer import set_fused_attention
+
+    model = model.to(device).train()
+    precision = Precision(args.precision, device)
+    set_fused_attention(model, precision.prefers_fused_attention())  # the engine's auto rule
+    groups = param_groups(model, 0.05)
+    precision.attach(model)
+    optimizer = build_adamw(precision.optimizer_groups(groups), 1e-4, (0.9, 0.95), device)
+    fwd = torch.compile(model) if args.compile else model
+    xin = x.to(precision.input_dtype)
+
+    def step(noise: torch.Tensor) -> torch.Tensor:
+        with precision.autocast():
+            loss = call(fwd, xin, noise)
+        precision.backward(loss)
+        precision.step(optimizer, model, None)
+        return loss.detach()
+
+    return step
+
+
+def peer_step(model, args: argparse.Namespace, device: torch.device, call):
+    """transformers' model in a plain autocast loop with its own attention implementation."""
+    attn = args.impl.split("-", 1)[1] if "-" in args.impl else "sdpa"
+    model.config._attn_implementation = attn
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    fwd = torch.compile(model) if args.compile else model
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+
+    def step(noise: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = call(fwd, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def measure_video_step(args: argparse.Namespace) -> dict:
+    """Runs in a child process: VideoMAE train steps (tube masking) of one implementation at one precision."""
+    from mimx.masking import RunningCellDecoding, tube_mask
+    from mimx.modalities.video.interop import from_transformers
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf = hf_video_model(args.model, args.image, args.patch, args.frames, args.tubelet)
+    grid = (args.frames // args.tubelet, args.image // args.patch, args.image // args.patch)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(args.batch, 3, args.frames, args.image, args.image, generator=gen, device=device)
+
+    def masks(seed_gen: torch.Generator) -> torch.Tensor:
+        return tube_mask(args.batch, grid[0], grid[1] * grid[2], args.mask_ratio, generator=seed_gen).mask.to(device)
+
+    if args.impl.startswith("mimx"):
+        model = from_transformers(hf)
+        if args.impl == "mimx-dual":  # VideoMAE v2: the decoder rebuilds half of the hidden tubelets
+            model.decode_subset = RunningCellDecoding(0.5)
+        step = mimx_step(model, args, device, x, lambda fwd, xin, mask: fwd(xin, mask=mask).loss)
+    else:
+        frames_first = x.transpose(1, 2).contiguous()  # transformers takes [B, T, C, H, W]
+        step = peer_step(hf, args, device,
+                         lambda fwd, mask: fwd(pixel_values=frames_first, bool_masked_pos=mask).loss)
+    del hf
+    cpu_gen = torch.Generator().manual_seed(2)
+    return timed_steps(args, step, lambda: masks(cpu_gen), masks(torch.Generator().manual_seed(1)), device)
+
+
+def measure_image_step(args: argparse.Namespace) -> dict:
+    """Runs in a child process: time ``steps`` train steps of one implementation at one precision.
+
+    mimx runs its training engine's hot path (``Precision``, fused AdamW,
+    attention switch); transformers runs a plain autocast loop with its
+    attention implementation (``sdpa`` or ``eager``).
+    """
+    from mimx.modalities.image.interop import from_transformers
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf = hf_model(args.model, args.image, args.patch, args.mask_ratio, True)
+    grid = args.image // args.patch
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(args.batch, 3, args.image, args.image, generator=gen, device=device)
+    if args.impl == "mimx":
+        step = mimx_step(from_transformers(hf), args, device, x, lambda fwd, xin, noise: fwd(xin, noise=noise).loss)
+    else:
+        step = peer_step(hf, args, device, lambda fwd, noise: fwd(pixel_values=x, noise=noise).loss)
+    del hf
+    first_noise = torch.rand(args.batch, grid * grid, generator=torch.Generator().manual_seed(1)).to(device)
+    return timed_steps(args, step, lambda: torch.rand(args.batch, grid * grid, generator=gen, device=device),
+                       first_noise, device)
+
+
 def step_flops(args: argparse.Namespace) -> float:
     """FLOPs of one forward + backward of the MAE at this config (counted by torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from mimx.modalities.image import mae_vit
+    from mimx.modalities.video.model import videomae_vit
 
-    model = mae_vit(args.model, img_size=args.image, patch_size=args.patch,
-                    masking={"kind": "random", "ratio": args.mask_ratio})
-    x = torch.randn(args.batch, 3, args.image, args.image)
+    if args.modality == "video":
+        model = videomae_vit(args.model, img_size=args.image, patch_size=args.patch, num_frames=args.frames,
+                             tubelet_size=args.tubelet, masking={"kind": "tube", "ratio": args.mask_ratio})
+        x = torch.randn(args.batch, 3, args.frames, args.image, args.image)
+    else:
+        model = mae_vit(args.model, img_size=args.image, patch_size=args.patch,
+                        masking={"kind": "random", "ratio": args.mask_ratio})
+        x = torch.randn(args.batch, 3, args.image, args.image)
     counter = FlopCounterMode(display=False)
     with counter:
         model(x, generator=torch.Generator().manual_seed(0)).loss.backward()
@@ -176,7 +260,8 @@ def run_child(args: argparse.Namespace, impl: str, precision: str) -> dict:
     cmd = [sys.executable, __file__, "_step", "--impl", impl, "--precision", precision, "--model", args.model,
            "--batch", str(args.batch), "--image", str(args.image), "--patch", str(args.patch),
            "--mask-ratio", str(args.mask_ratio), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device, "--threads", str(args.threads or 0)]
+           "--device", args.device, "--threads", str(args.threads or 0), "--modality", args.modality,
+           "--frames", str(args.frames), "--tubelet", str(args.tubelet)]
     if args.compile:
         cmd.append("--compile")
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -190,15 +275,19 @@ def run_child(args: argparse.Namespace, impl: str, precision: str) -> dict:
 
 def cmd_step(args: argparse.Namespace) -> None:
     device = device_of(args.device)
-    print(f"# train step: MAE ViT-{args.model[0].upper()}/{args.patch}, {args.image}px, batch {args.batch}, "
-          f"mask {args.mask_ratio}, median of {args.steps} timed steps after {args.warmup} warm-up, best of "
+    what = (f"VideoMAE ViT-{args.model[0].upper()}/{args.patch}, {args.frames}x{args.image}px, tubelet "
+            f"{args.tubelet}, tube" if args.modality == "video" else
+            f"MAE ViT-{args.model[0].upper()}/{args.patch}, {args.image}px, random")
+    print(f"# train step: {what} mask {args.mask_ratio}, batch {args.batch}, median of {args.steps} timed steps "
+          f"after {args.warmup} warm-up, best of "
           f"{args.repeats} interleaved round(s), device {device}, "
           f"threads {args.threads or torch.get_num_threads()}")
     flops = step_flops(args)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {p: matmul_peak(dtypes[p], device) for p in {q.replace("-pure", "") for q in args.precisions}}
     peer_precisions = [q for q in args.precisions if q != "bf16-pure"]
-    configs = [("mimx", q) for q in args.precisions]
+    mimx_impls = ["mimx", "mimx-dual"] if args.modality == "video" else ["mimx"]
+    configs = [(impl, q) for impl in mimx_impls for q in args.precisions]
     configs += [(impl, q) for impl in args.peers for q in peer_precisions]
     best: dict[tuple[str, str], dict] = {}
     for repeat in range(args.repeats):  # interleaved rounds; each configuration keeps its best round
@@ -225,7 +314,7 @@ def cmd_step(args: argparse.Namespace) -> None:
     print(f"\nstep FLOPs (forward + backward): {flops / 1e9:.1f} GFLOP; matmul peak: " +
           ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items()))
     mimx_best = max((r for r in rows if r["impl"] == "mimx"), key=lambda r: r["samples_per_s"])
-    peer_rows = [r for r in rows if r["impl"] != "mimx"]
+    peer_rows = [r for r in rows if not r["impl"].startswith("mimx")]
     if peer_rows:
         peer_best = max(peer_rows, key=lambda r: r["samples_per_s"])
         print(f"mimx best ({mimx_best['precision']}) / transformers best ({peer_best['impl']} "
@@ -235,6 +324,11 @@ def cmd_step(args: argparse.Namespace) -> None:
             mine = next(r for r in rows if r["impl"] == "mimx" and r["precision"] == precision)
             peer = max((r for r in peer_rows if r["precision"] == precision), key=lambda r: r["samples_per_s"])
             print(f"  {precision}: mimx / best transformers {mine['samples_per_s'] / peer['samples_per_s']:.2f}x")
+        dual = [r for r in rows if r["impl"] == "mimx-dual"]
+        if dual:
+            best_dual = max(dual, key=lambda r: r["samples_per_s"])
+            print(f"mimx with dual masking, best ({best_dual['precision']}) / transformers best: "
+                  f"{best_dual['samples_per_s'] / peer_best['samples_per_s']:.2f}x speed")
 
 
 def cmd_loader(args: argparse.Namespace) -> None:
@@ -259,6 +353,31 @@ def cmd_loader(args: argparse.Namespace) -> None:
         print(f"| {workers} | {rate:.0f} | {rate / max(1, workers):.0f} |")
 
 
+def cmd_video_loader(args: argparse.Namespace) -> None:
+    from mimx.data.shards import expand_shards
+    from mimx.data.stream import ShardStream, StreamLoader
+    from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
+
+    urls = expand_shards(args.shards)
+    print(f"# video loader: {args.shards} ({len(urls)} shards), {args.frames} frames every {args.rate}, "
+          f"RandomResizedCrop {args.size} + flip, {args.clips} clip(s) per decoded video, batch {args.batch}")
+    print("| backend | workers | clips/s | clips/s per worker |")
+    print("|---|---|---|---|")
+    for backend in args.backends:
+        cfg = VideoDataConfig(image_size=args.size, clip_len=args.frames, rate=args.rate, backend=backend,
+                              clips_per_video=args.clips)
+        for workers in args.workers:
+            stream = ShardStream(urls, VideoDecoder(cfg), batch_size=args.batch, shuffle=16, resampled=True)
+            it = iter(StreamLoader(stream, num_workers=workers, prefetch_factor=2))
+            for _ in range(max(2, workers * 2)):
+                next(it)
+            t = time.perf_counter()
+            for _ in range(args.batches):
+                next(it)
+            rate = args.batch * args.clips * args.batches / (time.perf_counter() - t)
+            print(f"| {backend} | {workers} | {rate:.1f} | {rate / max(1, workers):.1f} |")
+
+
 def cmd_peak(args: argparse.Namespace) -> None:
     device = device_of(args.device)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -274,7 +393,10 @@ def main() -> None:
         p.add_argument("--batch", type=int, default=8)
         p.add_argument("--image", type=int, default=224)
         p.add_argument("--patch", type=int, default=16)
-        p.add_argument("--mask-ratio", type=float, default=0.75)
+        p.add_argument("--mask-ratio", type=float, default=None, help="default 0.75 (image), 0.9 (video)")
+        p.add_argument("--modality", choices=["image", "video"], default="image")
+        p.add_argument("--frames", type=int, default=16, help="video: frames per clip")
+        p.add_argument("--tubelet", type=int, default=2, help="video: frames per tubelet")
         p.add_argument("--steps", type=int, default=5)
         p.add_argument("--warmup", type=int, default=2)
         p.add_argument("--device", default="auto")
@@ -294,13 +416,25 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[0, 1, 2])
+    p = sub.add_parser("video-loader")
+    p.add_argument("--shards", default="data/samples/video_clips")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--rate", type=int, default=2)
+    p.add_argument("--clips", type=int, default=1, help="clips cut from each decoded video")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--backends", type=lambda s: s.split(","), default=["decord", "pyav"])
+    p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
     p = sub.add_parser("peak")
     p.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if getattr(args, "mask_ratio", 0.0) is None:
+        args.mask_ratio = 0.9 if args.modality == "video" else 0.75
     if args.cmd == "_step":
         print(json.dumps(measure_step(args)))
     else:
-        {"step": cmd_step, "loader": cmd_loader, "peak": cmd_peak}[args.cmd](args)
+        {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak}[args.cmd](args)
 
 
 if __name__ == "__main__":

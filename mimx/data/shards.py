@@ -7,7 +7,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,37 @@ def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]
             raise UserError(f"{len(missing)} of {len(urls)} shards not found: {', '.join(missing[:3])}{more}; "
                             f"fix data.shards (brace patterns like train-{{000000..000009}}.tar work){hint}")
     return urls
+
+
+def parse_size(text: str | int) -> int:
+    """``"256MB"``, ``"1.5GB"``, ``"500k"`` or a byte count."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
+    t = text.strip().lower()
+    number = t.rstrip("kmgb")
+    unit = t[len(number):]
+    if unit not in units:
+        raise UserError(f"cannot read size {text!r}; write e.g. 256MB or 1GB")
+    return int(float(number) * units[unit])
+
+
+def list_files(src: Path, suffixes: Collection[str], what: str = "files") -> tuple[list[tuple[Path, int]], list[str]]:
+    """Files of ``src`` whose lower-case suffix is in ``suffixes``, with their class index.
+
+    Classes are the sorted names of the subfolders (searched recursively); files directly in
+    ``src`` get -1 (unlabelled). Returns ``(items, class names)``.
+    """
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder; give a folder of {what} or of class subfolders")
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items: list[tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        items += [(f, index) for f in sorted((src / name).rglob("*")) if f.suffix.lower() in suffixes]
+    items += [(f, -1) for f in sorted(src.iterdir()) if f.is_file() and f.suffix.lower() in suffixes]
+    if not items:
+        raise UserError(f"no {what} ({', '.join(sorted(suffixes))}) found in {src}")
+    return items, classes
 
 
 def sample_key(name: str) -> tuple[str, str]:

@@ -16,10 +16,12 @@ counted, and reported with their names; they never stop training.
 from __future__ import annotations
 
 import math
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -260,6 +262,78 @@ class MemoryStream(ShardStream):
 
     def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
         return iter(self.samples[worker::num_workers])
+
+
+def read_file_list(path: str | os.PathLike) -> list[tuple[Path, int]]:
+    """``(file, label)`` per line of a Kinetics/SSv2-style list: ``path label`` (space or comma separated).
+
+    Relative paths are resolved against the list's folder; a line with only a path is unlabelled
+    (-1); blank lines, ``#`` comments and a ``path,label`` header are ignored.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the file list {path}: {exc}") from None
+    items: list[tuple[Path, int]] = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.rsplit("," if "," in line else None, 1)]
+        if len(fields) == 2 and not items and fields[1].lower() == "label":
+            continue  # header
+        if len(fields) == 2 and not fields[1].lstrip("-").isdigit():
+            raise UserError(f"{path} line {number}: expected 'path label' with an integer label, got {line!r}")
+        file = Path(fields[0]).expanduser()
+        items.append((file if file.is_absolute() else path.parent / file, int(fields[1]) if len(fields) == 2 else -1))
+    if not items:
+        raise UserError(f"the file list {path} names no files")
+    return items
+
+
+class FileListStream(ShardStream):
+    """A :class:`ShardStream` over local files named in a list (see :func:`read_file_list`).
+
+    Each epoch the lines are shuffled with ``(seed, epoch)`` and split by rank, then by worker
+    (resampled: each worker draws its share with replacement). A raw sample is
+    ``{"__key__": stem, "__url__": list path, <suffix>: file bytes, "cls": label}``; a file that
+    cannot be read is a counted skip.
+    """
+
+    def __init__(self, list_path: str | os.PathLike, decode: Decoder, **kwargs: Any) -> None:
+        super().__init__([str(list_path)], decode, **kwargs)
+        self.list_path = str(list_path)
+        self.items = read_file_list(list_path)
+
+    def check_split(self, num_workers: int) -> None:
+        readers = self.world * max(1, num_workers)
+        if not self.resampled and len(self.items) < readers:
+            raise UserError(f"{self.list_path} names {len(self.items)} file(s) for {self.world} rank(s) x "
+                            f"{max(1, num_workers)} worker(s); lower data.num_workers or set data.resampled=true")
+
+    def epoch_items(self, epoch: int, worker: int, num_workers: int) -> list[tuple[Path, int]]:
+        """Files read by ``worker`` of this rank in ``epoch``."""
+        if self.resampled:
+            rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
+            count = max(1, math.ceil(len(self.items) / (self.world * num_workers)))
+            return [rng.choice(self.items) for _ in range(count)]
+        order = list(self.items)
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        return order[self.rank :: self.world][worker::num_workers]
+
+    def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
+        for file, label in self.epoch_items(epoch, worker, num_workers):
+            try:
+                data = file.read_bytes()
+            except OSError as exc:  # missing or unreadable file: counted, never fatal
+                skips.append(f"{self.list_path}: {file}: {_short(exc)}")
+                continue
+            sample: dict[str, Any] = {"__key__": file.stem, "__url__": self.list_path,
+                                      file.suffix.lstrip(".").lower(): data}
+            if label >= 0:
+                sample["cls"] = str(label).encode()
+            yield sample
 
 
 def read_raw(urls: Sequence[str], keep: Callable[[str], bool], *, max_bytes: int | None = None,

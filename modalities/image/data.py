@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from mimx.config import UserError
+from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_box, random_resized_crop_box
+from mimx.data.transforms import Normalizer as Normalizer  # re-exported: image code imports it from here
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -63,38 +63,6 @@ def read_label(sample: dict[str, Any]) -> int:
     return -1
 
 
-def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                            rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """(top, left, h, w) as torchvision's RandomResizedCrop, drawn from ``rng``."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def centre_crop_box(height: int, width: int, out_hw: tuple[int, int], crop_pct: float) -> tuple[int, int, int, int]:
-    """The region that resize-to-(size / crop_pct) followed by a centre crop would keep."""
-    oh, ow = out_hw
-    scale = max(oh / (height * crop_pct), ow / (width * crop_pct))
-    h, w = min(height, round(oh / scale)), min(width, round(ow / scale))
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 class ImageDecoder:
     """``sample -> {"image": uint8 [C, H, W], "label": int}``; picklable for DataLoader workers.
 
@@ -135,19 +103,3 @@ class ImageDecoder:
         arr = np.asarray(img, dtype=np.uint8)
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         return {"image": torch.from_numpy(arr.copy()).permute(2, 0, 1), "label": read_label(sample)}
-
-
-class Normalizer:
-    """uint8 ``[B, C, H, W]`` on any device -> float, ``(x / 255 - mean) / std``, and back."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float() / 255.0 - mean) / std
-
-    def invert(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float() * std + mean).clamp(0, 1)

@@ -11,36 +11,13 @@ from mimx.autoencoder import MAEOutput
 from mimx.masking import Mask
 from mimx.modalities.image.data import Normalizer
 from mimx.modalities.image.model import ImageMAE
-from mimx.patches import denormalize_patches, patchify
+from mimx.reconstruction import reconstruction_panels as core_panels
 
 
 def reconstruction_panels(model: ImageMAE, x: torch.Tensor, mask: Mask, normalizer: Normalizer,
                           out: MAEOutput | None = None) -> torch.Tensor:
-    """Four ``[B, C, H, W]`` panels in [0, 1], stacked as ``[4, B, C, H, W]``.
-
-    With norm-pix targets the prediction is mapped back to pixels with each
-    original patch's own mean and variance, so reconstructions are not the
-    grey, patchy pictures a raw norm-pix output gives.
-    """
-    p = model.patch_size
-    if out is None:
-        out = model(x, mask=mask)
-    grid = out.layout
-    original_patches = patchify(x.float(), (p, p))
-    pred = out.pred.float()
-    if model.config.norm_pix:
-        pred = denormalize_patches(pred, original_patches, eps=model.target.eps)
-    pasted = torch.where(mask.mask.unsqueeze(-1), pred, original_patches)
-    original, recon, recon_pasted = (normalizer.invert(model.unpatchify(t, grid))
-                                     for t in (original_patches, pred, pasted))
-    masked = original.masked_fill(_pixel_mask(mask.mask, grid, p), 0.5)  # hidden patches in grey
-    panels = [original, masked, recon, recon_pasted]
-    return torch.stack(panels)
-
-
-def _pixel_mask(mask: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
-    m = mask.view(-1, 1, *grid).float()
-    return m.repeat_interleave(patch, 2).repeat_interleave(patch, 3).bool()
+    """Four ``[B, C, H, W]`` panels in [0, 1], stacked as ``[4, B, C, H, W]`` (see :mod:`mimx.reconstruction`)."""
+    return core_panels(model, x, mask, out, display=normalizer.invert)
 
 
 def save_reconstruction_grid(panels: torch.Tensor, path: str | Path, min_size: int = 96) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 import warnings
 from typing import Any
 
@@ -11,29 +10,9 @@ import torch
 from torch import nn
 
 from mimx.config import UserError
+from mimx.interop import normalise_hf_keys, pop_hf_blocks
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from mimx.pos_embed import sincos_grid
-
-# transformers >= 5 layer names, and the 4.x names they replaced
-_LAYER_RENAMES = [
-    (r"attention\.attention\.query\.", "attention.q_proj."),
-    (r"attention\.attention\.key\.", "attention.k_proj."),
-    (r"attention\.attention\.value\.", "attention.v_proj."),
-    (r"attention\.output\.dense\.", "attention.o_proj."),
-    (r"intermediate\.dense\.", "mlp.fc1."),
-    (r"(?<!attention\.)output\.dense\.", "mlp.fc2."),
-    (r"^vit\.encoder\.layer\.", "vit.layers."),
-    (r"^vit\.encoder\.", "vit."),
-]
-
-
-def _normalise_hf_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        for pattern, repl in _LAYER_RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
 
 
 def _config_from_hf(hf: Any) -> ImageMAEConfig:
@@ -85,7 +64,7 @@ def from_transformers(model: Any) -> ImageMAE:
         model = ViTMAEForPreTraining.from_pretrained(model, local_files_only=True)
     config = _config_from_hf(model.config)
     mae = ImageMAE(config)
-    hf = _normalise_hf_keys({k: v.detach() for k, v in model.state_dict().items()})
+    hf = normalise_hf_keys({k: v.detach() for k, v in model.state_dict().items()})
     h, w = config.image_hw
     grid = (h // config.patch_size, w // config.patch_size)
     _check_table("vit.embeddings.position_embeddings", hf.pop("vit.embeddings.position_embeddings"), grid)
@@ -107,17 +86,7 @@ def from_transformers(model: Any) -> ImageMAE:
     }
     for src, dst, depth in (("vit.layers", "encoder.blocks", config.depth),
                             ("decoder.decoder_layers", "decoder.blocks", config.decoder_depth)):
-        for i in range(depth):
-            s, d = f"{src}.{i}.", f"{dst}.{i}."
-            for part in ("weight", "bias"):
-                qkv = [hf.pop(f"{s}attention.{n}_proj.{part}", None) for n in "qkv"]
-                if all(t is not None for t in qkv):
-                    state[f"{d}attn.qkv.{part}"] = torch.cat(qkv, dim=0)
-                state[f"{d}attn.proj.{part}"] = hf.pop(f"{s}attention.o_proj.{part}")
-                state[f"{d}norm1.{part}"] = hf.pop(f"{s}layernorm_before.{part}")
-                state[f"{d}norm2.{part}"] = hf.pop(f"{s}layernorm_after.{part}")
-                state[f"{d}mlp.fc1.{part}"] = hf.pop(f"{s}mlp.fc1.{part}")
-                state[f"{d}mlp.fc2.{part}"] = hf.pop(f"{s}mlp.fc2.{part}")
+        state.update(pop_hf_blocks(hf, src, dst, depth))
     if hf:
         raise UserError(f"transformers model has weights mimx does not know: {', '.join(sorted(hf)[:8])}")
     mae.load_state_dict(state, strict=True)

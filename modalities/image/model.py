@@ -14,16 +14,9 @@ from mimx.config import UserError, from_mapping
 from mimx.masking import build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import SinCosGridPosition
-from mimx.transformer import MaskedDecoder, MaskedEncoder, init_mae_weights
+from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
-# width, depth, heads (ViT paper / MAE); huge uses patch 14 in MAE
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
-    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
-}
+PRESETS = VIT_PRESETS
 
 
 @dataclass
@@ -117,13 +110,7 @@ def image_mae_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> 
     ``preset`` (tiny/small/base/large/huge) fills width, depth and heads first.
     Unknown keys raise one error listing the valid ones.
     """
-    values = dict(cfg or {})
-    values.update(overrides)
-    preset = values.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"unknown ViT preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        values = {**PRESETS[preset], "name": f"vit_{preset}", **values}
+    values = apply_preset({**(cfg or {}), **overrides}, PRESETS)
     return from_mapping(ImageMAEConfig, values, "model")
 
 

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from webdataset.tariterators import tarfile_samples
 
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.shards import dataset_size, expand_shards
-from mimx.data.stream import ShardStream, StreamLoader, seed_everything
+from mimx.data.stream import ShardStream
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config
-from mimx.train.distributed import init_distributed, shutdown
-from mimx.train.engine import StepContext, TrainConfig, Trainer, TrainResult
+from mimx.train.distributed import DistInfo
+from mimx.train.engine import StepContext, TrainConfig, TrainResult
+from mimx.train.launch import run_pretraining
 
 __all__ = ["ImagePretrainTask", "fixed_images", "pretrain"]
 
@@ -101,28 +101,15 @@ def _sections(cfg: DictConfig) -> tuple[TrainConfig, ImageMAEConfig, ImageDataCo
 def pretrain(cfg: DictConfig) -> TrainResult:
     """Run (or resume) image MAE pretraining as configured; see ``configs/image/pretrain.yaml``."""
     train_cfg, model_cfg, data_cfg = _sections(cfg)
-    dist = init_distributed(train_cfg.device)
-    try:
-        run_dir = Path(cfg.run.dir)
-        urls = expand_shards(data_cfg.shards)
+    urls = expand_shards(data_cfg.shards)
+
+    def build(dist: DistInfo) -> tuple[ImageMAE, ShardStream, int, ImagePretrainTask]:
         samples = data_cfg.num_samples or dataset_size(urls)
-        seed_everything(train_cfg.seed)
         model = ImageMAE(model_cfg)
         stream = ShardStream(urls, ImageDecoder(data_cfg, train=True), batch_size=train_cfg.batch_size,
                              shuffle=data_cfg.shuffle, resampled=data_cfg.resampled, seed=train_cfg.seed,
                              rank=dist.rank, world=dist.world)
-        loader = StreamLoader(stream, num_workers=data_cfg.num_workers, pin_memory=dist.device.type == "cuda",
-                              prefetch_factor=data_cfg.prefetch)
         figures = fixed_images(urls, ImageDecoder(data_cfg, train=False), 8) if dist.is_main else None
-        task = ImagePretrainTask(model_cfg, data_cfg, figures, figure_seed=train_cfg.seed)
-        plain = to_plain(cfg)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
-            print(f"[mimx] {len(urls)} shard(s), {samples} samples per epoch, model {model_cfg.name}: "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters", file=sys.stderr)
-        trainer = Trainer(train_cfg, model, loader, task, run_dir, samples, dist, config=plain)
-        return trainer.fit()
-    finally:
-        shutdown()
+        return model, stream, samples, ImagePretrainTask(model_cfg, data_cfg, figures, figure_seed=train_cfg.seed)
 
+    return run_pretraining(cfg, train_cfg, build, num_workers=data_cfg.num_workers, prefetch=data_cfg.prefetch)

@@ -13,38 +13,10 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from mimx.config import UserError
-from mimx.data.shards import ShardWriter
+from mimx.data.shards import ShardWriter, list_files, parse_size
 
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-
-
-def parse_size(text: str | int) -> int:
-    """``"256MB"``, ``"1.5GB"``, ``"500k"`` or a byte count."""
-    if isinstance(text, int):
-        return text
-    units = {"": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
-    t = text.strip().lower()
-    number = t.rstrip("kmgb")
-    unit = t[len(number):]
-    if unit not in units:
-        raise UserError(f"cannot read size {text!r}; write e.g. 256MB or 1GB")
-    return int(float(number) * units[unit])
-
-
-def list_images(src: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Files with their class index; classes are the sorted subfolder names (none for a flat folder)."""
-    if not src.is_dir():
-        raise UserError(f"{src} is not a folder; give a folder of images or of class subfolders")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
-    items: list[tuple[Path, int]] = []
-    if classes:
-        for index, name in enumerate(classes):
-            items += [(f, index) for f in sorted((src / name).rglob("*")) if f.suffix.lower() in SUFFIXES]
-    items += [(f, -1) for f in sorted(src.iterdir()) if f.is_file() and f.suffix.lower() in SUFFIXES]
-    if not items:
-        raise UserError(f"no images ({', '.join(sorted(SUFFIXES))}) found in {src}")
-    return items, classes
 
 
 def encode_image(path: Path, resize: int | None) -> tuple[str, bytes]:
@@ -88,7 +60,7 @@ def write_image_shards(src: str | Path, out: str | Path, *, prefix: str = "image
                        overwrite: bool = False) -> dict[str, Any]:
     """Write ``OUT/<prefix>-NNNNNN.tar`` shards; returns a summary (shards, counts, skipped files)."""
     src, out = Path(src), Path(out)
-    items, classes = list_images(src)
+    items, classes = list_files(src, SUFFIXES, "images")
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []

@@ -1,0 +1,228 @@
+"""The modality-independent half of every ``eval`` action: data parts, features, kNN / linear probe, results.
+
+Choices (linear probe: lr and epoch; fine-tune: epoch) are made on a
+validation split carved from the training shards by key hash; the test shards
+are scored once, at the end. Results go to ``<run.dir>/eval-<protocol>-<encoder>.json``
+and a row of the run's ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from mimx.config import UserError, from_mapping, to_plain
+from mimx.data.shards import expand_shards
+from mimx.data.split import FilteredDecoder, SplitFilter, count_kept
+from mimx.data.stream import Decoder, MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
+from mimx.evaluation import accuracy, knn_predict, train_linear_probe
+from mimx.train.metrics import MetricsLog
+
+
+@dataclass
+class EvalSplitConfig:
+    """The ``data`` keys every modality's eval config shares."""
+
+    train: Any = None  # labelled shards; the validation split is carved from them
+    test: Any = None  # labelled shards, scored once at the end
+    val_fraction: float = 0.1
+    label_fraction: float = 1.0  # use this fraction of the training labels (few-label experiments)
+    split_seed: int = 0
+    num_classes: int | None = None  # default: 1 + the largest training label
+    batch_size: int = 256  # feature extraction / evaluation batches
+    num_workers: int = 2
+    cache_mb: int = 1024  # train and val parts up to this size are read once and kept in memory
+
+
+@dataclass
+class KnnConfig:
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
+class LinearConfig:
+    lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
+    epochs: int = 50
+    batch_size: int = 256
+    weight_decay: float = 0.0
+
+
+class EvalData:
+    """One-pass loaders over the train / val / test parts of labelled shards.
+
+    ``make_decoder(train_transform)`` gives the modality's decoder (random
+    augmentation for fine-tuning, deterministic views otherwise);
+    ``read_label(sample)`` reads a raw sample's label without decoding it.
+    """
+
+    def __init__(self, cfg: EvalSplitConfig, make_decoder: Callable[[bool], Decoder],
+                 read_label: Callable[[dict[str, Any]], int]) -> None:
+        if cfg.train is None or cfg.test is None:
+            raise UserError("set data.train and data.test to labelled shards (e.g. data.train=path/train "
+                            "data.test=path/test)")
+        self.cfg = cfg
+        self.make_decoder = make_decoder
+        self.read_label = read_label
+        self.train_urls = expand_shards(cfg.train)
+        self.test_urls = expand_shards(cfg.test)
+        self.skips = SkipLog()
+        self.parts = {"train": SplitFilter("train", cfg.val_fraction, cfg.label_fraction, cfg.split_seed),
+                      "val": SplitFilter("val", cfg.val_fraction, 1.0, cfg.split_seed),
+                      "test": SplitFilter("all")}
+        self._memory: dict[str, list | None] = {}
+
+    def _in_memory(self, part: str) -> list | None:
+        """Raw samples of a train or val part, read once (None when larger than data.cache_mb)."""
+        if part == "test":  # scored once: streamed
+            return None
+        if part not in self._memory:
+            self._memory[part] = read_raw(self.train_urls, self.parts[part], max_bytes=self.cfg.cache_mb * 2**20,
+                                          skips=self.skips)
+        return self._memory[part]
+
+    def batches(self, part: str, *, train_transform: bool = False, batch_size: int | None = None,
+                seed: int = 0) -> StreamLoader:
+        """One pass over a part: deterministic views in file order, or (``train_transform``) shuffled augmentations."""
+        urls = self.test_urls if part == "test" else self.train_urls
+        decoder = self.make_decoder(train_transform)
+        kwargs = dict(batch_size=batch_size or self.cfg.batch_size, shuffle=2000 if train_transform else 0,
+                      seed=seed, epochs=1)
+        samples = self._in_memory(part)
+        if samples is not None:
+            stream: ShardStream = MemoryStream(samples, decoder, **kwargs)
+            workers = min(self.cfg.num_workers, len(samples))
+        else:
+            stream = ShardStream(urls, FilteredDecoder(decoder, self.parts[part]), **kwargs)
+            workers = min(self.cfg.num_workers, len(urls))
+        loader = StreamLoader(stream, num_workers=workers, prefetch_factor=4)
+        loader.skips = self.skips  # one report for the whole evaluation
+        return loader
+
+    def count(self, part: str) -> int:
+        samples = self._in_memory(part)
+        if samples is not None:
+            return len(samples)
+        return count_kept(self.test_urls if part == "test" else self.train_urls, self.parts[part])
+
+    def labels(self, part: str) -> torch.Tensor:
+        """Every label of a part, read without decoding the samples."""
+        samples = self._in_memory(part)
+        if samples is not None:
+            return torch.tensor([self.read_label(s) for s in samples], dtype=torch.long)
+        urls = self.test_urls if part == "test" else self.train_urls
+        reader = self.read_label
+        stream = ShardStream(urls, FilteredDecoder(_LabelOnly(reader), self.parts[part]), batch_size=4096,
+                             shuffle=0, epochs=1)
+        loader = StreamLoader(stream, num_workers=0)
+        loader.skips = self.skips
+        found = [b["label"].long() for b in loader if "label" in b]
+        return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
+
+
+class _LabelOnly:
+    def __init__(self, read_label: Callable[[dict[str, Any]], int]) -> None:
+        self.read_label = read_label
+
+    def __call__(self, sample: dict[str, Any], rng: Any) -> dict[str, int]:
+        return {"label": self.read_label(sample)}
+
+
+@torch.no_grad()
+def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]], torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``featurize(batch)`` over a loader: float32 features ``[N, D]`` on the CPU and labels ``[N]``."""
+    feats, labels = [], []
+    for batch in loader:
+        if "label" not in batch:  # a final report-only batch of a finite stream
+            continue
+        feats.append(featurize(batch).float().cpu())
+        labels.append(batch["label"].long())
+    if not feats:
+        raise UserError("no labelled sample in this split; check data.val_fraction and the shards")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, part: str) -> None:
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        raise UserError(f"{int(bad.sum())} {part} sample(s) have no label or a label outside 0..{num_classes - 1} "
+                        "(shards need KEY.cls or KEY.json with a label; set data.num_classes if it is too low)")
+
+
+def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                    num_classes: int | None) -> dict[str, Any]:
+    """kNN or linear probe on frozen ``train``/``val``/``test`` features; the test part is scored once."""
+    num_classes = num_classes or int(parts["train"][1].max()) + 1
+    for part, (_, labels) in parts.items():
+        check_labels(labels, num_classes, part)
+    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts["train"], parts["val"], parts["test"]
+    result: dict[str, Any] = dict(num_classes=num_classes, train_samples=len(tr_y), val_samples=len(va_y),
+                                  test_samples=len(te_y), feature_dim=tr_x.shape[1])
+    if protocol == "knn":
+        knn = from_mapping(KnnConfig, cfg.knn, "knn")
+        result["val_top1"] = accuracy(knn_predict(tr_x, tr_y, va_x, num_classes, knn.k, knn.temperature), va_y)
+        # the test neighbours come from train + val: every labelled training sample
+        pool_x, pool_y = torch.cat([tr_x, va_x]), torch.cat([tr_y, va_y])
+        result["test_top1"] = accuracy(knn_predict(pool_x, pool_y, te_x, num_classes, knn.k, knn.temperature), te_y)
+        result["knn"] = asdict(knn)
+        return result
+    lin = from_mapping(LinearConfig, cfg.linear, "linear")
+    probe = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(lin.lrs), epochs=lin.epochs,
+                               batch_size=lin.batch_size, weight_decay=lin.weight_decay, seed=cfg.seed)
+    with torch.no_grad():
+        probe.model.eval()
+        result["test_top1"] = accuracy(probe.model(te_x).argmax(1), te_y)
+    result.update(val_top1=probe.val_top1, chosen={"lr": probe.lr, "epoch": probe.epoch}, linear=asdict(lin),
+                  history=probe.history)
+    return result
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The training step a checkpoint or weights file records (0 if it does not)."""
+    from mimx.train.checkpoint import read_model
+
+    try:
+        _, meta = read_model(path)
+    except UserError:
+        return 0
+    return int(meta.get("step", 0) or 0)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """``run.dir``, else the folder of the evaluated checkpoint's run."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    checkpoint = Path(cfg.checkpoint)
+    if checkpoint.is_dir():
+        return checkpoint
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent
+    return checkpoint.parent
+
+
+def write_result(cfg: DictConfig, result: dict[str, Any]) -> Path:
+    """``eval-<protocol>-<encoder>.json`` and a metrics row in the run folder; one summary line on stderr."""
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"eval-{result['protocol']}-{result['encoder']}"
+    path = run_dir / f"{name}.json"
+    path.write_text(json.dumps({**result, "config": to_plain(cfg)}, indent=1))
+    metrics = MetricsLog(run_dir, tensorboard=False)
+    metrics.log({f"{name}/val_top1": round(result["val_top1"], 3), f"{name}/test_top1": round(result["test_top1"], 3)},
+                step=result["checkpoint_step"])
+    metrics.close()
+    print(f"[mimx] {result['protocol']} ({result['encoder']} encoder): val top-1 {result['val_top1']:.2f}%, "
+          f"test top-1 {result['test_top1']:.2f}% on {result['test_samples']} test samples "
+          f"({result['seconds']} s); written to {path}", file=sys.stderr)
+    skipped = result["skipped"]
+    if skipped["count"]:
+        print(f"[mimx] skipped {skipped['count']} unreadable sample(s): {skipped['examples'][:5]}", file=sys.stderr)
+    return path

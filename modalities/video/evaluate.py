@@ -1,0 +1,152 @@
+"""``mimx video eval knn|linear|finetune``: protocols on labelled video shards with multi-view testing.
+
+Validation and test clips are scored with ``data.test_clips x data.test_crops``
+views per video (temporal clips x spatial crops): features are averaged over
+views for kNN and the linear probe, class probabilities for fine-tuning. See
+:mod:`mimx.protocols` for the splits and where results go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from mimx.config import UserError, from_mapping
+from mimx.data.transforms import Normalizer
+from mimx.evaluation import accuracy
+from mimx.modalities.video.classifier import VideoClassifier
+from mimx.modalities.video.data import VideoDataConfig, VideoDecoder, read_video_label
+from mimx.modalities.video.export import load_video_mae
+from mimx.modalities.video.model import VideoMAE
+from mimx.protocols import (
+    EvalData,
+    EvalSplitConfig,
+    check_labels,
+    checkpoint_step,
+    extract_features,
+    frozen_protocol,
+    write_result,
+)
+from mimx.train.distributed import pick_device
+from mimx.train.finetune import FinetuneConfig, finetune, predict
+from mimx.train.precision import Precision
+from mimx.transformer import set_fused_attention
+
+PROTOCOLS = ("knn", "linear", "finetune")
+ENCODERS = ("pretrained", "random")
+
+
+@dataclass
+class VideoEvalDataConfig(EvalSplitConfig):
+    """``data`` section of ``configs/video/eval.yaml`` (clip length and size come from the checkpoint)."""
+
+    backend: str = "auto"
+    sampling: str = "dense"
+    rate: int = 4
+    test_clips: int = 2
+    test_crops: int = 3
+    scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # fine-tune crops
+    hflip: float = 0.5
+    short_video: str = "loop"
+    label_key: str = "cls"
+
+
+def video_eval_data(cfg: VideoEvalDataConfig, mae: VideoMAE) -> tuple[EvalData, Normalizer]:
+    """Train / val / test loaders of labelled video shards at the model's clip size, and their normaliser."""
+    c = mae.config
+    clips = VideoDataConfig(image_size=list(c.image_hw), clip_len=c.num_frames, backend=cfg.backend,
+                            sampling=cfg.sampling, rate=cfg.rate, clips_per_video=1, test_clips=cfg.test_clips,
+                            test_crops=cfg.test_crops, scale=list(cfg.scale), hflip=cfg.hflip,
+                            short_video=cfg.short_video, label_key=cfg.label_key, **mae.normalization)
+    clips.validate()
+    key = cfg.label_key
+    data = EvalData(cfg, lambda train: VideoDecoder(clips, train=train), lambda s: read_video_label(s, key))
+    return data, Normalizer(clips.mean, clips.std)
+
+
+def _load(cfg: DictConfig) -> VideoMAE:
+    mae = load_video_mae(cfg.checkpoint)
+    if cfg.encoder == "random":
+        torch.manual_seed(cfg.seed)
+        fresh = VideoMAE(mae.config)
+        fresh.normalization = mae.normalization
+        mae = fresh
+    return mae.eval()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run one protocol as configured in ``configs/video/eval.yaml``; returns the result dict."""
+    protocol, encoder_kind = cfg.protocol, cfg.encoder
+    if protocol not in PROTOCOLS:
+        raise UserError(f"protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)} (mimx video eval linear ...)")
+    if encoder_kind not in ENCODERS:
+        raise UserError(f"encoder={encoder_kind!r}; choose one of {', '.join(ENCODERS)}")
+    data_cfg = from_mapping(VideoEvalDataConfig, cfg.data, "data")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    mae = _load(cfg)
+    data, normalizer = video_eval_data(data_cfg, mae)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"protocol": protocol, "encoder": encoder_kind, "checkpoint": str(cfg.checkpoint),
+                              "checkpoint_step": checkpoint_step(cfg.checkpoint), "data": asdict(data_cfg),
+                              "views": data_cfg.test_clips * data_cfg.test_crops}
+
+    if protocol in ("knn", "linear"):
+        precision = Precision(cfg.precision, device)
+        encoder = mae.to(device)
+        set_fused_attention(encoder, precision.prefers_fused_attention())
+        precision.attach(encoder)
+
+        def featurize(batch: dict) -> torch.Tensor:
+            video = batch["video"].to(device)  # [B, V, C, T, H, W]
+            x = normalizer(video.flatten(0, 1)).to(precision.input_dtype)
+            with precision.autocast():
+                feats = encoder.features(x)
+            return feats.float().view(video.shape[0], video.shape[1], -1).mean(1)
+
+        parts = {part: extract_features(data.batches(part), featurize) for part in ("train", "val", "test")}
+        result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
+    else:
+        ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
+        if ft.cutmix:
+            raise UserError("finetune.cutmix is for images; use finetune.mixup for clips")
+        train_labels = data.labels("train")
+        num_classes = data_cfg.num_classes or int(train_labels.max()) + 1
+        check_labels(train_labels, num_classes, "train")
+        counts = {p: data.count(p) for p in ("train", "val", "test")}
+        result.update(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
+                      test_samples=counts["test"])
+        if counts["train"] == 0 or counts["val"] == 0:
+            raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
+        model = VideoClassifier(mae, num_classes, drop_path=ft.drop_path)
+
+        def prepare(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            video = batch["video"].to(device)
+            x = normalizer(video.flatten(0, 1)).view(*video.shape[:2], *video.shape[2:])
+            return (x[:, 0] if x.shape[1] == 1 else x), batch["label"].long().to(device)
+
+        def train_epoch(epoch: int):
+            return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=cfg.seed + epoch)
+
+        def val_batches():
+            return data.batches("val", batch_size=max(1, ft.batch_size // result["views"]))
+
+        steps = max(1, counts["train"] // ft.batch_size)
+        best = finetune(model, ft, depth=mae.config.depth, num_classes=num_classes, train_epoch=train_epoch,
+                        val_batches=val_batches, prepare=prepare, steps_per_epoch=steps, device=device,
+                        seed=cfg.seed)
+        test_precision = Precision("bf16" if ft.precision == "bf16-pure" else ft.precision, device)
+        test = data.batches("test", batch_size=max(1, ft.batch_size // result["views"]))
+        pred, labels = predict(model, test, prepare, test_precision)
+        result.update(val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),
+                      chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["skipped"] = data.skips.state_dict()
+    result["model"] = dataclasses.asdict(mae.config)["name"]
+    write_result(cfg, result)
+    return result

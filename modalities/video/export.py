@@ -1,0 +1,60 @@
+"""Load trained VideoMAEs and export their encoders (``mimx video export``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mimx.config import UserError
+from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mimx.modalities.video.interop import encoder_state_dict
+from mimx.modalities.video.model import VideoMAE, video_mae_config
+from mimx.train.checkpoint import read_model
+
+
+def load_video_mae(path: str | Path) -> VideoMAE:
+    """A :class:`VideoMAE` with the weights of a run folder, checkpoint or ``model.safetensors``.
+
+    The input normalisation it was trained with is attached as ``model.normalization``.
+    """
+    state, meta = read_model(path)
+    if meta.get("modality") != "video":
+        raise UserError(f"{path} holds a {meta.get('modality')!r} model, not a VideoMAE")
+    model = VideoMAE(video_mae_config(meta["model_config"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path} does not match its own model config (missing {missing[:4]}, unexpected "
+                        f"{unexpected[:4]}); the file is damaged or was edited")
+    model.normalization = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return model.eval()
+
+
+def export_encoder(path: str | Path, out: str | Path) -> dict:
+    """Write the encoder as ``encoder.safetensors`` + ``config.json`` (architecture and normalisation) in ``out``."""
+    from safetensors.torch import save_file
+
+    model = load_video_mae(path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(encoder_state_dict(model), str(out / "encoder.safetensors"))
+    c = model.config
+    info = {"format": "mimx-video-encoder/1", "img_size": list(c.image_hw), "num_frames": c.num_frames,
+            "tubelet_size": c.tubelet_size, "patch_size": c.patch_size, "in_chans": c.in_chans,
+            "embed_dim": c.embed_dim, "depth": c.depth, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio,
+            "qkv_bias": c.qkv_bias, "norm_eps": c.norm_eps, "final_norm": c.encoder_norm,
+            "pos_embed": c.pos_embed, "normalization": model.normalization}
+    (out / "config.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mimx video export",
+                                     description="Export a VideoMAE's encoder (timm ViT names, Conv3d patch "
+                                                 "embedding, fixed pos_embed) for fine-tuning.")
+    parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
+    parser.add_argument("out", help="output folder (encoder.safetensors + config.json)")
+    args = parser.parse_args(argv)
+    export_encoder(args.checkpoint, args.out)
+    print(f"wrote {args.out}/encoder.safetensors and config.json")
+    return 0
