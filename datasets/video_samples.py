@@ -14,7 +14,10 @@ OUT/moving_digits/{train,val,test}/  a labelled motion benchmark made from real 
                   0 right, 1 left, 2 down, 3 up, at a speed drawn uniformly from 1 to 3 px per
                   frame (capped so that the whole path fits: 36 px of free room over 15 steps
                   allow at most 2.4), from a random start that keeps the digit inside the frame,
-                  over a black background with Gaussian noise (sd 6 grey levels). Directions are
+                  drawn (brightest-wins) over a still background: a random crop of one of the real
+                  sample photos (scikit-image / scikit-learn, ``samples.py``), dimmed to 60 %.
+                  Test clips take their backgrounds from a quarter of the photos that train and
+                  val never use, so no background crop is shared either. Directions are
                   balanced within each split. The digit image alone says nothing about the label;
                   only motion does. Train and val draw disjoint digit images from the 4,000 of
                   the class-stratified split in ``samples.py``; test draws from the held-out
@@ -97,22 +100,46 @@ def build_clips(out: str | Path, *, clip_frames: int = 32, short_side: int = 128
     return result
 
 
+def load_backgrounds(short_side: int = 128) -> list[np.ndarray]:
+    """The real sample photos as uint8 RGB arrays, short side resized to ``short_side``."""
+    from PIL import Image
+
+    from mimx.datasets.samples import photo_files
+
+    photos = []
+    for path in photo_files():
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            scale = short_side / min(img.size)
+            photos.append(np.asarray(img.resize((round(img.width * scale), round(img.height * scale)),
+                                                Image.Resampling.BICUBIC)))
+    return photos
+
+
+def background_crop(photos: list[np.ndarray], size: int, rng: np.random.Generator, dim: float = 0.6) -> np.ndarray:
+    """A random ``size x size`` crop of a random photo, dimmed, float32 ``[size, size, 3]``."""
+    photo = photos[int(rng.integers(len(photos)))]
+    y = int(rng.integers(0, photo.shape[0] - size + 1))
+    x = int(rng.integers(0, photo.shape[1] - size + 1))
+    return photo[y:y + size, x:x + size].astype(np.float32) * dim
+
+
 def moving_digit_clip(digit: np.ndarray, direction: int, speed: float, start: tuple[float, float], frames: int,
-                      size: int, rng: np.random.Generator, noise: float = 6.0) -> np.ndarray:
-    """uint8 ``[frames, size, size, 3]``: ``digit`` (28x28) pasted at ``start + t * speed * step``."""
+                      size: int, background: np.ndarray | None = None) -> np.ndarray:
+    """uint8 ``[frames, size, size, 3]``: ``digit`` (28x28) at ``start + t * speed * step`` over ``background``."""
     dy, dx = STEPS[direction]
-    clip = np.zeros((frames, size, size), dtype=np.float32)
+    base = np.zeros((size, size, 3), np.float32) if background is None else background
+    clip = np.repeat(base[None], frames, axis=0)
     for t in range(frames):
         y = round(start[0] + dy * speed * t)
         x = round(start[1] + dx * speed * t)
-        clip[t, y:y + DIGIT, x:x + DIGIT] = digit
-    clip += rng.normal(0.0, noise, clip.shape).astype(np.float32)
-    grey = np.clip(clip, 0, 255).round().astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
+        window = clip[t, y:y + DIGIT, x:x + DIGIT]
+        np.maximum(window, digit[..., None].astype(np.float32), out=window)
+    return np.clip(clip, 0, 255).round().astype(np.uint8)
 
 
 def _digit_samples(split: str, count: int, pool: np.ndarray, images: np.ndarray, labels: np.ndarray, frames: int,
-                   size: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+                   size: int, rng: np.random.Generator, photos: list[np.ndarray]) -> list[dict[str, Any]]:
     free = size - DIGIT
     max_speed = min(3.0, free / max(1, frames - 1))
     if max_speed < 1.0:
@@ -128,7 +155,8 @@ def _digit_samples(split: str, count: int, pool: np.ndarray, images: np.ndarray,
         along = rng.uniform(0.0, free - travel) + (travel if direction in (1, 3) else 0.0)
         across = rng.uniform(0.0, free)
         start = (along, across) if direction in (2, 3) else (across, along)
-        clip = moving_digit_clip(images[row], direction, speed, start, frames, size, rng)
+        clip = moving_digit_clip(images[row], direction, speed, start, frames, size,
+                                 background_crop(photos, size, rng))
         samples.append({"__key__": f"{split}_{i:06d}", "mp4": encode_clip(clip, 10, keyint=8, preset="veryfast"),
                         "cls": str(direction),
                         "json": {"label": direction, "direction": direction, "digit": int(labels[row]),
@@ -148,9 +176,13 @@ def build_moving_digits(out: str | Path, *, train: int = 1600, val: int = 400, t
     counts = {"train": train, "val": val, "test": test}
     shards = {"train": 4, "val": 2, "test": 2}
     rng = np.random.default_rng(seed)
+    photos = load_backgrounds(max(128, size))
+    test_photos = photos[::4]  # test backgrounds come from photos train and val never see
+    train_photos = [p for i, p in enumerate(photos) if i % 4]
     result = {}
     for split, count in counts.items():
-        samples = _digit_samples(split, count, pools[split], images, labels, frames, size, rng)
+        backgrounds = test_photos if split == "test" else train_photos
+        samples = _digit_samples(split, count, pools[split], images, labels, frames, size, rng, backgrounds)
         result[split] = _write_split(folder / split, samples, shards[split], overwrite)
     manifest = {"splits": {s: {"shards": [Path(p).name for p in result[s]], "samples": counts[s]} for s in result},
                 "frames": frames, "size": size, "seed": seed, "directions": list(DIRECTIONS)}

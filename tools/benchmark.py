@@ -5,6 +5,7 @@
     python tools/benchmark.py loader [--shards data/samples/mnist] [--size 224] [--workers 1,2]
     python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav]
     python tools/benchmark.py peak
+    python tools/benchmark.py point-ops [--clouds 32] [--points 1024] [--centres 64] [--k 32] [--threads 2]
 
 ``step``: train-step throughput (forward, backward, AdamW) and peak memory of
 mimx's MAE against transformers' ``ViTMAEForPreTraining`` with the same
@@ -16,6 +17,9 @@ and tube mask. Each configuration runs in its own process so that peak memory
 also prints achieved FLOP/s against the machine's measured matmul peak.
 ``loader``: decoded + augmented images per second from shards, per worker count;
 ``video-loader``: decoded + cropped clips per second per decoder backend and worker count.
+``point-ops``: milliseconds per call of farthest point sampling, kNN and Chamfer-L2 forward + backward for
+each available backend of ``mimx.modalities.points.ops``, against naive peers (``cdist`` + ``topk`` kNN, and
+a Chamfer distance with autograd through the full ``cdist`` matrix).
 Results go in docs/benchmarks.md with the command that produced them.
 """
 
@@ -378,6 +382,71 @@ def cmd_video_loader(args: argparse.Namespace) -> None:
             print(f"| {backend} | {workers} | {rate:.1f} | {rate / max(1, workers):.1f} |")
 
 
+def median_ms(fn, device: torch.device, repeats: int) -> float:
+    """Median milliseconds per call of ``fn`` over ``repeats`` timed calls after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def naive_chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Chamfer-L2 as usually written in plain torch: autograd through the whole [B, N, M] distance matrix."""
+    d = torch.cdist(a, b).square()
+    return (d.amin(2).mean(1) + d.amin(1).mean(1)).mean()
+
+
+def cmd_point_ops(args: argparse.Namespace) -> None:
+    from mimx.modalities.points import ops
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator(device=device).manual_seed(0)
+    points = torch.randn(args.clouds, args.points, 3, generator=gen, device=device)
+    target = torch.randn(args.clouds, args.points, 3, generator=gen, device=device)
+    centres = ops.farthest_point_sample(points, args.centres, backend="torch")[0]
+    pred = points.clone().requires_grad_()
+
+    def chamfer_step(loss_fn) -> float:
+        pred.grad = None
+        loss = loss_fn(pred, target)
+        loss.backward()
+        return float(loss.detach())
+
+    def mimx_rows(backend: str) -> list[tuple[str, str, float]]:
+        return [("farthest point sample", backend, median_ms(
+                    lambda: ops.farthest_point_sample(points, args.centres, backend=backend), device, args.repeats)),
+                ("kNN", backend, median_ms(lambda: ops.knn(centres, points, args.k, backend=backend), device,
+                                           args.repeats)),
+                ("Chamfer-L2 forward + backward", backend, median_ms(
+                    lambda: chamfer_step(lambda a, b: ops.chamfer_distance(a, b, backend=backend)), device,
+                    args.repeats))]
+
+    backends = ["torch"] + (["pytorch3d"] if ops.has_pytorch3d() else [])
+    print(f"# point ops: {args.clouds} clouds x {args.points} points, {args.centres} centres, k {args.k}; "
+          f"ms per call, median of {args.repeats} after 1 warm-up; device {device}, "
+          f"threads {args.threads or torch.get_num_threads()}; backends: {', '.join(backends)}")
+    rows = [row for backend in backends for row in mimx_rows(backend)]
+    rows.append(("kNN", "naive (cdist + topk)", median_ms(
+        lambda: torch.cdist(centres, points).topk(args.k, dim=-1, largest=False), device, args.repeats)))
+    rows.append(("Chamfer-L2 forward + backward", "naive (cdist autograd)",
+                 median_ms(lambda: chamfer_step(naive_chamfer), device, args.repeats)))
+    naive = {op: ms for op, impl, ms in rows if impl.startswith("naive")}
+    print("| op | implementation | ms per call | / naive |")
+    print("|---|---|---|---|")
+    for op, impl, ms in rows:
+        ratio = f"{ms / naive[op]:.2f}x" if op in naive else "—"
+        print(f"| {op} | {impl if impl.startswith('naive') else 'mimx ' + impl} | {ms:.2f} | {ratio} |")
+    mine, peer = chamfer_step(lambda a, b: ops.chamfer_distance(a, b, backend="torch")), chamfer_step(naive_chamfer)
+    print(f"\nChamfer-L2 value: mimx torch {mine:.6f}, naive {peer:.6f}")
+
+
 def cmd_peak(args: argparse.Namespace) -> None:
     device = device_of(args.device)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -428,13 +497,22 @@ def main() -> None:
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
     p = sub.add_parser("peak")
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("point-ops")
+    p.add_argument("--clouds", type=int, default=32)
+    p.add_argument("--points", type=int, default=1024)
+    p.add_argument("--centres", type=int, default=64)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
     args = parser.parse_args()
     if getattr(args, "mask_ratio", 0.0) is None:
         args.mask_ratio = 0.9 if args.modality == "video" else 0.75
     if args.cmd == "_step":
         print(json.dumps(measure_step(args)))
     else:
-        {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak}[args.cmd](args)
+        {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak,
+         "point-ops": cmd_point_ops}[args.cmd](args)
 
 
 if __name__ == "__main__":

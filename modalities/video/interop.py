@@ -30,7 +30,7 @@ def _config_from_hf(hf: Any) -> VideoMAEConfig:
         pos_embed="index", decoder_dim=hf.decoder_hidden_size, decoder_depth=hf.decoder_num_hidden_layers,
         decoder_heads=hf.decoder_num_attention_heads,
         decoder_mlp_ratio=hf.decoder_intermediate_size / hf.decoder_hidden_size,
-        decoder_embed_bias=False, decoder_norm_eps=1e-5, norm_pix=hf.norm_pix_loss,
+        decoder_embed_bias=False, decoder_norm_eps=1e-5, norm_pix=hf.norm_pix_loss, norm_pix_per_channel=True,
         pixel_mean=list(IMAGENET_MEAN), pixel_std=list(IMAGENET_STD), loss="mse",
         masking={"kind": "tube", "ratio": 0.9}, name="from_transformers",
     )

@@ -54,7 +54,8 @@ class VideoMAEConfig:
     decoder_mlp_ratio: float = 4.0
     decoder_embed_bias: bool = False  # VideoMAE's encoder-to-decoder projection has no bias
     decoder_norm_eps: float | None = None  # eps of the decoder's last norm (transformers: 1e-5); None: norm_eps
-    norm_pix: bool = True  # per tubelet and channel, (x - mean) / (std + 1e-6), as VideoMAE
+    norm_pix: bool = True  # per tubelet, (x - mean) / (std + 1e-6), as VideoMAE
+    norm_pix_per_channel: bool = True  # VideoMAE normalises each channel of a tubelet on its own
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # input normalisation, undone
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))  # for the pixel targets
     loss: str = "mse"
@@ -117,8 +118,8 @@ class VideoMAE(MaskedAutoencoder):
             encoder_pos=build_position(c.pos_embed, c.embed_dim),
             decoder_pos=build_position(c.pos_embed, c.decoder_dim),
             masking=masking,
-            target=PixelTarget(c.patch, norm_pix=c.norm_pix, per_channel=c.in_chans, eps=1e-6, eps_outside=True,
-                               mean=c.pixel_mean, std=c.pixel_std),
+            target=PixelTarget(c.patch, norm_pix=c.norm_pix, per_channel=c.in_chans if c.norm_pix_per_channel else None,
+                               eps=1e-6, eps_outside=True, mean=c.pixel_mean, std=c.pixel_std),
             loss=c.loss,
             decode_subset=decode,
         )
