@@ -156,7 +156,7 @@ def _digit_samples(split: str, count: int, pool: np.ndarray, images: np.ndarray,
         across = rng.uniform(0.0, free)
         start = (along, across) if direction in (2, 3) else (across, along)
         clip = moving_digit_clip(images[row], direction, speed, start, frames, size,
-                                 background_crop(photos, size, rng))
+                                 background_crop(photos, size, rng) if photos else None)
         samples.append({"__key__": f"{split}_{i:06d}", "mp4": encode_clip(clip, 10, keyint=8, preset="veryfast"),
                         "cls": str(direction),
                         "json": {"label": direction, "direction": direction, "digit": int(labels[row]),
@@ -166,8 +166,14 @@ def _digit_samples(split: str, count: int, pool: np.ndarray, images: np.ndarray,
 
 
 def build_moving_digits(out: str | Path, *, train: int = 1600, val: int = 400, test: int = 400, frames: int = 16,
-                        size: int = 64, seed: int = 0, overwrite: bool = False) -> dict[str, list[str]]:
-    """The moving-digits benchmark (module docstring) under ``out/moving_digits``; returns shards per split."""
+                        size: int = 64, seed: int = 0, overwrite: bool = False,
+                        background: str = "photo") -> dict[str, list[str]]:
+    """The moving-digits benchmark (module docstring) under ``out/moving_digits``; returns shards per split.
+
+    ``background="black"`` draws the digits on plain black instead of photo crops.
+    """
+    if background not in ("photo", "black"):
+        raise UserError(f"background must be 'photo' or 'black', got {background!r}")
     folder = Path(out) / "moving_digits"
     images, labels = load_mnist_5k()
     first, held_out = stratified_split(labels, test_per_class=100)
@@ -176,7 +182,7 @@ def build_moving_digits(out: str | Path, *, train: int = 1600, val: int = 400, t
     counts = {"train": train, "val": val, "test": test}
     shards = {"train": 4, "val": 2, "test": 2}
     rng = np.random.default_rng(seed)
-    photos = load_backgrounds(max(128, size))
+    photos = load_backgrounds(max(128, size)) if background == "photo" else []
     test_photos = photos[::4]  # test backgrounds come from photos train and val never see
     train_photos = [p for i, p in enumerate(photos) if i % 4]
     result = {}
@@ -185,7 +191,8 @@ def build_moving_digits(out: str | Path, *, train: int = 1600, val: int = 400, t
         samples = _digit_samples(split, count, pools[split], images, labels, frames, size, rng, backgrounds)
         result[split] = _write_split(folder / split, samples, shards[split], overwrite)
     manifest = {"splits": {s: {"shards": [Path(p).name for p in result[s]], "samples": counts[s]} for s in result},
-                "frames": frames, "size": size, "seed": seed, "directions": list(DIRECTIONS)}
+                "frames": frames, "size": size, "seed": seed, "directions": list(DIRECTIONS),
+                "background": background}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return result
 
