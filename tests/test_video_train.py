@@ -113,3 +113,12 @@ def test_yaml_presets_list_every_key_of_their_section():
     model_keys = {f.name for f in dataclasses.fields(VideoMAEConfig)} - {"masking", "pixel_mean", "pixel_std"}
     assert set(cfg.model.keys()) == model_keys
     assert set(cfg.data.keys()) == {f.name for f in dataclasses.fields(VideoDataConfig)}
+
+
+def test_help_lists_the_video_actions(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "video" in out and "VideoMAE" in out
+    assert main(["video", "pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_small" in out and "tube" in out and "digits" in out
