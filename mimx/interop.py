@@ -8,8 +8,12 @@ one onto the other and accept both the transformers 4.x and 5.x layer names.
 from __future__ import annotations
 
 import re
+import warnings
+from typing import Any
 
 import torch
+
+from mimx.config import UserError
 
 # transformers >= 5 layer names, and the 4.x names they replaced
 _LAYER_RENAMES = [
@@ -57,3 +61,13 @@ def pop_hf_blocks(hf: dict[str, torch.Tensor], src: str, dst: str, depth: int) -
             state[f"{d}mlp.fc1.{part}"] = hf.pop(f"{s}mlp.fc1.{part}")
             state[f"{d}mlp.fc2.{part}"] = hf.pop(f"{s}mlp.fc2.{part}")
     return state
+
+
+def check_hf_blocks(hf_config: Any, name: str) -> None:
+    """Refuse what timm blocks cannot hold (non-GELU activations); warn about dropout mimx does not have."""
+    if getattr(hf_config, "hidden_act", "gelu") != "gelu":
+        raise UserError(f"{name} config uses hidden_act={hf_config.hidden_act!r}; mimx blocks use exact GELU "
+                        "('gelu')")
+    if hf_config.hidden_dropout_prob or hf_config.attention_probs_dropout_prob:
+        warnings.warn(f"{name} config has dropout; mimx blocks have none (it only matters for training)",
+                      stacklevel=4)

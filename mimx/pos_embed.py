@@ -9,7 +9,9 @@ and returned as float32.
 
 from __future__ import annotations
 
+import abc
 import functools
+import math
 
 import torch
 
@@ -57,8 +59,8 @@ def sincos_grid(grid: tuple[int, ...] | list[int], dim: int, temperature: float 
     return _sincos_grid_cached(grid, dim, float(temperature)).clone()
 
 
-class SinCosGridPosition(torch.nn.Module):
-    """Maps a token grid to its fixed sin-cos table ``[1, L, dim]``, cached per grid and device."""
+class _FixedTable(torch.nn.Module, abc.ABC):
+    """Maps a token grid to a fixed table ``[1, L, dim]``, cached per grid and device."""
 
     def __init__(self, dim: int, temperature: float = 10000.0) -> None:
         super().__init__()
@@ -66,16 +68,27 @@ class SinCosGridPosition(torch.nn.Module):
         self.temperature = temperature
         self._cache: dict[tuple, torch.Tensor] = {}
 
+    @abc.abstractmethod
+    def table(self, grid: tuple[int, ...]) -> torch.Tensor:
+        """The ``[prod(grid), dim]`` table for a token grid."""
+
     def forward(self, grid: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
         key = (tuple(grid), device)
         table = self._cache.get(key)
         if table is None:
-            table = sincos_grid(grid, self.dim, self.temperature).unsqueeze(0).to(device)
+            table = self.table(tuple(grid)).unsqueeze(0).to(device)
             self._cache[key] = table
         return table
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class SinCosGridPosition(_FixedTable):
+    """Separable sin-cos over the grid's axes (:func:`sincos_grid`): any grid size."""
+
+    def table(self, grid: tuple[int, ...]) -> torch.Tensor:
+        return sincos_grid(grid, self.dim, self.temperature)
 
 
 @functools.lru_cache(maxsize=16)
@@ -98,28 +111,11 @@ def sincos_index_table(length: int, dim: int, temperature: float = 10000.0) -> t
     return _index_table_cached(int(length), int(dim), float(temperature)).clone()
 
 
-class SinCosIndexPosition(torch.nn.Module):
-    """Maps a token grid to the flattened-index sinusoid table ``[1, prod(grid), dim]`` (VideoMAE)."""
+class SinCosIndexPosition(_FixedTable):
+    """VideoMAE's table over the flattened token index (:func:`sincos_index_table`)."""
 
-    def __init__(self, dim: int, temperature: float = 10000.0) -> None:
-        super().__init__()
-        self.dim = dim
-        self.temperature = temperature
-        self._cache: dict[tuple, torch.Tensor] = {}
-
-    def forward(self, grid: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
-        key = (tuple(grid), device)
-        table = self._cache.get(key)
-        if table is None:
-            length = 1
-            for n in grid:
-                length *= int(n)
-            table = sincos_index_table(length, self.dim, self.temperature).unsqueeze(0).to(device)
-            self._cache[key] = table
-        return table
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+    def table(self, grid: tuple[int, ...]) -> torch.Tensor:
+        return sincos_index_table(math.prod(grid), self.dim, self.temperature)
 
 
 POSITIONS = {"grid": SinCosGridPosition, "index": SinCosIndexPosition}

@@ -335,9 +335,22 @@ def cmd_step(args: argparse.Namespace) -> None:
                   f"{best_dual['samples_per_s'] / peer_best['samples_per_s']:.2f}x speed")
 
 
+def loader_rate(stream, workers: int, batches: int, prefetch: int) -> float:
+    """Batches per second from a :class:`StreamLoader` after its workers have warmed up."""
+    from mimx.data.stream import StreamLoader
+
+    it = iter(StreamLoader(stream, num_workers=workers, prefetch_factor=prefetch))
+    for _ in range(max(2, workers * 2)):
+        next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches / (time.perf_counter() - t)
+
+
 def cmd_loader(args: argparse.Namespace) -> None:
     from mimx.data.shards import expand_shards
-    from mimx.data.stream import ShardStream, StreamLoader
+    from mimx.data.stream import ShardStream
     from mimx.modalities.image.data import ImageDataConfig, ImageDecoder
 
     cfg = ImageDataConfig(image_size=args.size)
@@ -347,19 +360,13 @@ def cmd_loader(args: argparse.Namespace) -> None:
     print("|---|---|---|")
     for workers in args.workers:
         stream = ShardStream(urls, ImageDecoder(cfg), batch_size=args.batch, shuffle=256, resampled=True)
-        it = iter(StreamLoader(stream, num_workers=workers, prefetch_factor=4))
-        for _ in range(max(2, workers * 2)):
-            next(it)
-        t = time.perf_counter()
-        for _ in range(args.batches):
-            next(it)
-        rate = args.batch * args.batches / (time.perf_counter() - t)
+        rate = args.batch * loader_rate(stream, workers, args.batches, prefetch=4)
         print(f"| {workers} | {rate:.0f} | {rate / max(1, workers):.0f} |")
 
 
 def cmd_video_loader(args: argparse.Namespace) -> None:
     from mimx.data.shards import expand_shards
-    from mimx.data.stream import ShardStream, StreamLoader
+    from mimx.data.stream import ShardStream
     from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
 
     urls = expand_shards(args.shards)
@@ -372,13 +379,7 @@ def cmd_video_loader(args: argparse.Namespace) -> None:
                               clips_per_video=args.clips)
         for workers in args.workers:
             stream = ShardStream(urls, VideoDecoder(cfg), batch_size=args.batch, shuffle=16, resampled=True)
-            it = iter(StreamLoader(stream, num_workers=workers, prefetch_factor=2))
-            for _ in range(max(2, workers * 2)):
-                next(it)
-            t = time.perf_counter()
-            for _ in range(args.batches):
-                next(it)
-            rate = args.batch * args.clips * args.batches / (time.perf_counter() - t)
+            rate = args.batch * args.clips * loader_rate(stream, workers, args.batches, prefetch=2)
             print(f"| {backend} | {workers} | {rate:.1f} | {rate / max(1, workers):.1f} |")
 
 

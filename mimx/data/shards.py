@@ -252,3 +252,21 @@ def _to_bytes(value: Any) -> bytes:
     if isinstance(value, (dict, list)):
         return json.dumps(value).encode()
     raise TypeError(f"cannot store {type(value).__name__} in a shard; encode it to bytes first")
+
+
+def write_dataset(out: Path, prefix: str, samples: Iterable[dict[str, Any]], classes: Sequence[str], *,
+                  max_size: str | int, max_count: int, overwrite: bool, skipped: list[str],
+                  what: str) -> dict[str, Any]:
+    """Write ``samples`` as ``out/<prefix>-NNNNNN.tar`` (atomic shards) plus ``classes.json``.
+
+    Returns ``{"shards", "samples", "classes", "skipped"}``; ``skipped`` is the list the
+    sample generator fills with ``"file: reason"``. Raises one error when nothing was written.
+    """
+    with ShardWriter(out / prefix, max_bytes=parse_size(max_size), max_count=max_count,
+                     overwrite=overwrite) as writer:
+        writer.write_all(samples)
+    if writer.total == 0:
+        raise UserError(f"none of the {what} could be read: {skipped[:3]}")
+    if classes:
+        (out / "classes.json").write_text(json.dumps(list(classes), indent=1))
+    return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from mimx.config import UserError
+from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -134,3 +135,21 @@ def _maybe_json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def load_trained(path: str | os.PathLike, modality: str, build: Any, what: str) -> Any:
+    """A model of ``modality`` built by ``build(model_config)`` with the weights of a checkpoint or weights file.
+
+    The input normalisation it was trained with is attached as ``model.normalization``
+    (ImageNet statistics for files that do not record it). ``what`` names the model in errors.
+    """
+    state, meta = read_model(path)
+    if meta.get("modality") != modality:
+        raise UserError(f"{path} holds a {meta.get('modality')!r} model, not {what}")
+    model = build(meta["model_config"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path} does not match its own model config (missing {missing[:4]}, unexpected "
+                        f"{unexpected[:4]}); the file is damaged or was edited")
+    model.normalization = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return model.eval()

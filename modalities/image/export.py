@@ -8,11 +8,9 @@ from pathlib import Path
 
 import torch
 
-from mimx.config import UserError
-from mimx.modalities.image.data import IMAGENET_MEAN, IMAGENET_STD
 from mimx.modalities.image.interop import timm_kwargs, timm_state_dict, to_timm
 from mimx.modalities.image.model import ImageMAE, image_mae_config
-from mimx.train.checkpoint import read_model
+from mimx.train.checkpoint import load_trained
 
 
 def load_image_mae(path: str | Path) -> ImageMAE:
@@ -21,16 +19,7 @@ def load_image_mae(path: str | Path) -> ImageMAE:
     The pixel normalisation it was trained with is attached as ``model.normalization``
     (``{"mean": [...], "std": [...]}``; ImageNet statistics for files that do not record it).
     """
-    state, meta = read_model(path)
-    if meta.get("modality") != "image":
-        raise UserError(f"{path} holds a {meta.get('modality')!r} model, not an image MAE")
-    model = ImageMAE(image_mae_config(meta["model_config"]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path} does not match its own model config (missing {missing[:4]}, unexpected "
-                        f"{unexpected[:4]}); the file is damaged or was edited")
-    model.normalization = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return model.eval()
+    return load_trained(path, "image", lambda config: ImageMAE(image_mae_config(config)), "an image MAE")
 
 
 def export_timm(path: str | Path, out: str | Path) -> dict:

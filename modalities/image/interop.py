@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from mimx.config import UserError
-from mimx.interop import normalise_hf_keys, pop_hf_blocks
+from mimx.interop import check_hf_blocks, normalise_hf_keys, pop_hf_blocks
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from mimx.pos_embed import sincos_grid
 
 
 def _config_from_hf(hf: Any) -> ImageMAEConfig:
-    if getattr(hf, "hidden_act", "gelu") != "gelu":
-        raise UserError(f"ViTMAE config uses hidden_act={hf.hidden_act!r}; mimx blocks use exact GELU ('gelu')")
-    if hf.hidden_dropout_prob or hf.attention_probs_dropout_prob:
-        warnings.warn("ViTMAE config has dropout; mimx blocks have none (it only matters for training)",
-                      stacklevel=3)
+    check_hf_blocks(hf, "ViTMAE")
     for name, width, inner in (("encoder", hf.hidden_size, hf.intermediate_size),
                                ("decoder", hf.decoder_hidden_size, hf.decoder_intermediate_size)):
         if int(width * (inner / width)) != inner:

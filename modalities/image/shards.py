@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 import sys
 from collections.abc import Iterator
@@ -12,8 +11,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mimx.config import UserError
-from mimx.data.shards import ShardWriter, list_files, parse_size
+from mimx.data.shards import list_files, write_dataset
 
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -64,14 +62,9 @@ def write_image_shards(src: str | Path, out: str | Path, *, prefix: str = "image
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
-    with ShardWriter(out / prefix, max_bytes=parse_size(max_size), max_count=max_count,
-                     overwrite=overwrite) as writer:
-        writer.write_all(image_samples(items, classes, resize, skipped))
-    if writer.total == 0:
-        raise UserError(f"none of the {len(items)} files in {src} could be read as an image")
-    if classes:
-        (out / "classes.json").write_text(json.dumps(classes, indent=1))
-    return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}
+    return write_dataset(out, prefix, image_samples(items, classes, resize, skipped), classes,
+                         max_size=max_size, max_count=max_count, overwrite=overwrite, skipped=skipped,
+                         what=f"{len(items)} files in {src} (as images)")
 
 
 def main(argv: list[str]) -> int:

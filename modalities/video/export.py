@@ -6,11 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from mimx.config import UserError
-from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mimx.modalities.video.interop import encoder_state_dict
 from mimx.modalities.video.model import VideoMAE, video_mae_config
-from mimx.train.checkpoint import read_model
+from mimx.train.checkpoint import load_trained
 
 
 def load_video_mae(path: str | Path) -> VideoMAE:
@@ -18,16 +16,7 @@ def load_video_mae(path: str | Path) -> VideoMAE:
 
     The input normalisation it was trained with is attached as ``model.normalization``.
     """
-    state, meta = read_model(path)
-    if meta.get("modality") != "video":
-        raise UserError(f"{path} holds a {meta.get('modality')!r} model, not a VideoMAE")
-    model = VideoMAE(video_mae_config(meta["model_config"]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path} does not match its own model config (missing {missing[:4]}, unexpected "
-                        f"{unexpected[:4]}); the file is damaged or was edited")
-    model.normalization = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return model.eval()
+    return load_trained(path, "video", lambda config: VideoMAE(video_mae_config(config)), "a VideoMAE")
 
 
 def export_encoder(path: str | Path, out: str | Path) -> dict:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
 from mimx.config import UserError
-from mimx.interop import normalise_hf_keys, pop_hf_blocks
+from mimx.interop import check_hf_blocks, normalise_hf_keys, pop_hf_blocks
 from mimx.modalities.video.model import IMAGENET_MEAN, IMAGENET_STD, VideoMAE, VideoMAEConfig
 
 
 def _config_from_hf(hf: Any) -> VideoMAEConfig:
-    if getattr(hf, "hidden_act", "gelu") != "gelu":
-        raise UserError(f"VideoMAE config uses hidden_act={hf.hidden_act!r}; mimx blocks use exact GELU ('gelu')")
-    if hf.hidden_dropout_prob or hf.attention_probs_dropout_prob:
-        warnings.warn("VideoMAE config has dropout; mimx blocks have none (it only matters for training)",
-                      stacklevel=3)
+    check_hf_blocks(hf, "VideoMAE")
     if hf.num_channels != 3:
         raise UserError("transformers' VideoMAE un-normalises its targets with ImageNet statistics, which needs "
                         f"3 channels; this config has {hf.num_channels}")

@@ -12,6 +12,7 @@ access costs at most one GOP per clip (re-encode with ``--keyint`` to bound it);
 
 from __future__ import annotations
 
+import abc
 import io
 import os
 import re
@@ -67,8 +68,8 @@ def _check_indices(indices: Sequence[int], num_frames: int) -> np.ndarray:
     return idx
 
 
-class _Reader:
-    """Shared context-manager behaviour and index bookkeeping."""
+class _Reader(abc.ABC):
+    """Shared context-manager behaviour and index bookkeeping; backends implement ``_read_sorted``."""
 
     num_frames: int
 
@@ -77,10 +78,11 @@ class _Reader:
         unique, inverse = np.unique(idx, return_inverse=True)
         return self._read_sorted(unique.tolist())[inverse]
 
+    @abc.abstractmethod
     def _read_sorted(self, indices: list[int]) -> np.ndarray:
-        raise NotImplementedError
+        """uint8 ``[len(indices), H, W, 3]`` for sorted, distinct indices."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (backends with nothing to release keep this)
         pass
 
     def __enter__(self) -> _Reader:

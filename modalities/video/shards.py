@@ -9,7 +9,6 @@ decoded or has no frames is skipped and listed at the end.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mimx.config import UserError
-from mimx.data.shards import ShardWriter, list_files, parse_size
+from mimx.data.shards import list_files, write_dataset
 from mimx.data.stream import read_file_list
 from mimx.modalities.video.io import VIDEO_EXTS, encode_frames, even_size, iter_frames, open_video
 
@@ -120,14 +119,9 @@ def write_video_shards(src: str | Path, out: str | Path, *, prefix: str = "video
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
     recode = Recode(short_side, keyint, crf, max_frames)
-    with ShardWriter(out / prefix, max_bytes=parse_size(max_size), max_count=max_count,
-                     overwrite=overwrite) as writer:
-        writer.write_all(video_samples(items, root, recode, skipped, workers))
-    if writer.total == 0:
-        raise UserError(f"none of the {len(items)} videos in {src} could be decoded: {skipped[:3]}")
-    if classes:
-        (out / "classes.json").write_text(json.dumps(classes, indent=1))
-    return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}
+    return write_dataset(out, prefix, video_samples(items, root, recode, skipped, workers), classes,
+                         max_size=max_size, max_count=max_count, overwrite=overwrite, skipped=skipped,
+                         what=f"{len(items)} videos in {src}")
 
 
 def main(argv: list[str]) -> int:
