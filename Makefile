@@ -2,11 +2,12 @@
 #   make test   create .venv, install mimx with its test extras, lint, run the test suite (CI runs this)
 #   make demo   create .venv, build the embedded sample shards, pretrain a small image MAE on them
 #   make demo-video  the same for a small VideoMAE on the embedded real clips
+#   make demo-points the same for a small Point-MAE on clouds sampled from the embedded real meshes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup samples test lint demo demo-video clean
+.PHONY: setup samples test lint demo demo-video demo-points clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,7 @@ setup: $(BIN)/.installed
 samples: setup
 	$(BIN)/python -m mimx.datasets.samples data/samples
 	$(BIN)/python -m mimx.datasets.video_samples data/samples
+	$(BIN)/python -m mimx.datasets.shapes data/samples/point_clouds --source pymeshlab --train 32 --val 8 --test 8 --overwrite
 
 lint: setup
 	$(BIN)/ruff check .
@@ -30,6 +32,9 @@ demo: samples
 
 demo-video: samples
 	$(BIN)/mimx video pretrain experiment=demo
+
+demo-points: samples
+	$(BIN)/mimx points pretrain experiment=demo
 
 clean:
 	rm -rf $(VENV) data/samples runs

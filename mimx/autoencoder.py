@@ -99,7 +99,8 @@ class MaskedAutoencoder(nn.Module):
         encoder_pos / decoder_pos: modules ``(layout, device) -> [1 or B, L, width]``.
         masking: callable ``(B, L, layout, noise=, generator=, device=) -> Mask``.
         target: callable ``(x, layout) -> [B, L, P]``.
-        loss: ``mse``, ``l1``, ``smooth_l1`` or ``cross_entropy``.
+        loss: ``mse``, ``l1``, ``smooth_l1`` or ``cross_entropy``, or a callable
+            ``(pred [B, K, P], target [B, K, P], hidden [B, K] bool) -> scalar`` (e.g. Chamfer).
         decode_subset: optional callable ``(mask, layout, noise=, generator=) -> [B, K_d]``
             choosing the hidden tokens the decoder reconstructs (VideoMAE v2 dual masking).
     """
@@ -113,7 +114,7 @@ class MaskedAutoencoder(nn.Module):
         decoder_pos: nn.Module | None,
         masking: Callable[..., Mask] | None = None,
         target: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
-        loss: str = "mse",
+        loss: str | Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
         decode_subset: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -169,12 +170,17 @@ class MaskedAutoencoder(nn.Module):
             ids = self.decode_subset(mask, layout, noise=decode_noise, generator=generator)
             pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens, decode_ids=ids)
             target = gather_tokens(target, ids)
-            loss = masked_loss(pred, target, torch.ones(ids.shape, dtype=torch.bool, device=ids.device),
-                               self.loss_kind)
+            loss = self.score(pred, target, torch.ones(ids.shape, dtype=torch.bool, device=ids.device))
             return MAEOutput(loss=loss, pred=pred, target=target, mask=mask, layout=layout, decoded=ids)
         pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens)
-        loss = masked_loss(pred, target, mask.mask, self.loss_kind)
+        loss = self.score(pred, target, mask.mask)
         return MAEOutput(loss=loss, pred=pred, target=target, mask=mask, layout=layout)
+
+    def score(self, pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The loss over tokens where ``hidden`` is True."""
+        if callable(self.loss_kind):
+            return self.loss_kind(pred, target, hidden)
+        return masked_loss(pred, target, hidden, self.loss_kind)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder features for all tokens, no masking: ``[B, prefix + L, D]`` (class token first)."""

@@ -30,8 +30,9 @@ from mimx.train.metrics import MetricsLog
 class EvalSplitConfig:
     """The ``data`` keys every modality's eval config shares."""
 
-    train: Any = None  # labelled shards; the validation split is carved from them
+    train: Any = None  # labelled shards; the validation split is carved from them unless `val` is set
     test: Any = None  # labelled shards, scored once at the end
+    val: Any = None  # optional validation shards of their own (then all of `train` trains)
     val_fraction: float = 0.1
     label_fraction: float = 1.0  # use this fraction of the training labels (few-label experiments)
     split_seed: int = 0
@@ -45,6 +46,13 @@ class EvalSplitConfig:
 class KnnConfig:
     k: int = 20
     temperature: float = 0.07
+
+
+@dataclass
+class SvmConfig:
+    cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    max_iter: int = 20000
+    standardize: bool = True  # scale features to zero mean, unit variance (statistics of the training part)
 
 
 @dataclass
@@ -73,25 +81,31 @@ class EvalData:
         self.read_label = read_label
         self.train_urls = expand_shards(cfg.train)
         self.test_urls = expand_shards(cfg.test)
+        self.val_urls = expand_shards(cfg.val) if cfg.val is not None else self.train_urls
+        carve = cfg.val_fraction if cfg.val is None else 0.0
         self.skips = SkipLog()
-        self.parts = {"train": SplitFilter("train", cfg.val_fraction, cfg.label_fraction, cfg.split_seed),
-                      "val": SplitFilter("val", cfg.val_fraction, 1.0, cfg.split_seed),
+        self.parts = {"train": SplitFilter("train", carve, cfg.label_fraction, cfg.split_seed),
+                      "val": SplitFilter("val", carve, 1.0, cfg.split_seed) if cfg.val is None else SplitFilter("all"),
                       "test": SplitFilter("all")}
         self._memory: dict[str, list | None] = {}
+
+    def urls(self, part: str) -> list[str]:
+        """The shards a part is read from."""
+        return {"train": self.train_urls, "val": self.val_urls, "test": self.test_urls}[part]
 
     def _in_memory(self, part: str) -> list | None:
         """Raw samples of a train or val part, read once (None when larger than data.cache_mb)."""
         if part == "test":  # scored once: streamed
             return None
         if part not in self._memory:
-            self._memory[part] = read_raw(self.train_urls, self.parts[part], max_bytes=self.cfg.cache_mb * 2**20,
+            self._memory[part] = read_raw(self.urls(part), self.parts[part], max_bytes=self.cfg.cache_mb * 2**20,
                                           skips=self.skips)
         return self._memory[part]
 
     def batches(self, part: str, *, train_transform: bool = False, batch_size: int | None = None,
                 seed: int = 0) -> StreamLoader:
         """One pass over a part: deterministic views in file order, or (``train_transform``) shuffled augmentations."""
-        urls = self.test_urls if part == "test" else self.train_urls
+        urls = self.urls(part)
         decoder = self.make_decoder(train_transform)
         kwargs = dict(batch_size=batch_size or self.cfg.batch_size, shuffle=2000 if train_transform else 0,
                       seed=seed, epochs=1)
@@ -110,14 +124,14 @@ class EvalData:
         samples = self._in_memory(part)
         if samples is not None:
             return len(samples)
-        return count_kept(self.test_urls if part == "test" else self.train_urls, self.parts[part])
+        return count_kept(self.urls(part), self.parts[part])
 
     def labels(self, part: str) -> torch.Tensor:
         """Every label of a part, read without decoding the samples."""
         samples = self._in_memory(part)
         if samples is not None:
             return torch.tensor([self.read_label(s) for s in samples], dtype=torch.long)
-        urls = self.test_urls if part == "test" else self.train_urls
+        urls = self.urls(part)
         reader = self.read_label
         stream = ShardStream(urls, FilteredDecoder(_LabelOnly(reader), self.parts[part]), batch_size=4096,
                              shuffle=0, epochs=1)
@@ -159,7 +173,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, part: str) -> None:
 
 def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
                     num_classes: int | None) -> dict[str, Any]:
-    """kNN or linear probe on frozen ``train``/``val``/``test`` features; the test part is scored once."""
+    """kNN, linear probe or linear SVM on frozen ``train``/``val``/``test`` features; the test part is scored once."""
     num_classes = num_classes or int(parts["train"][1].max()) + 1
     for part, (_, labels) in parts.items():
         check_labels(labels, num_classes, part)
@@ -174,6 +188,10 @@ def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch
         result["test_top1"] = accuracy(knn_predict(pool_x, pool_y, te_x, num_classes, knn.k, knn.temperature), te_y)
         result["knn"] = asdict(knn)
         return result
+    if protocol == "svm":
+        svm = from_mapping(SvmConfig, cfg.svm, "svm")
+        result.update(svm_protocol(svm, parts, seed=cfg.seed))
+        return result
     lin = from_mapping(LinearConfig, cfg.linear, "linear")
     probe = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(lin.lrs), epochs=lin.epochs,
                                batch_size=lin.batch_size, weight_decay=lin.weight_decay, seed=cfg.seed)
@@ -183,6 +201,36 @@ def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch
     result.update(val_top1=probe.val_top1, chosen={"lr": probe.lr, "epoch": probe.epoch}, linear=asdict(lin),
                   history=probe.history)
     return result
+
+
+def svm_protocol(svm: SvmConfig, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0
+                 ) -> dict[str, Any]:
+    """Linear SVM (one-vs-rest, scikit-learn's LinearSVC) on frozen features; C chosen on validation."""
+    try:
+        from sklearn.svm import LinearSVC
+    except ImportError as exc:
+        raise UserError("the svm protocol needs scikit-learn: pip install scikit-learn") from exc
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = ((x.double().numpy(), y.numpy()) for x, y in
+                                                (parts["train"], parts["val"], parts["test"]))
+    if svm.standardize:
+        mean, std = tr_x.mean(0), tr_x.std(0) + 1e-8
+        tr_x, va_x, te_x = ((x - mean) / std for x in (tr_x, va_x, te_x))
+    history, best = [], None
+    for c in svm.cs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = LinearSVC(C=c, max_iter=svm.max_iter, random_state=seed).fit(tr_x, tr_y)
+        top1 = float((model.predict(va_x) == va_y).mean() * 100)
+        history.append({"C": c, "val_top1": top1})
+        if best is None or top1 > best[0]:
+            best = (top1, c, model)
+    top1, c, model = best
+    test_top1 = float((model.predict(te_x) == te_y).mean() * 100)
+    return {"val_top1": top1, "test_top1": test_top1, "chosen": {"C": c}, "svm": asdict(svm), "history": history}
 
 
 def checkpoint_step(path: str | Path) -> int:

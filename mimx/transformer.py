@@ -56,8 +56,12 @@ def make_blocks(
     )
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool = False,
+               pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ``blocks`` in turn; with ``pos``, add it to the input of every block (Point-MAE)."""
     for block in blocks:
+        if pos is not None:
+            x = x + pos
         if grad_checkpointing and x.requires_grad:
             x = checkpoint(block, x, use_reentrant=False)
         else:
@@ -87,9 +91,11 @@ class MaskedEncoder(nn.Module):
         class_token: bool = True,
         mask_token: bool = False,
         final_norm: bool = True,
+        pos_every_block: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
+        self.pos_every_block = pos_every_block
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
         self.qkv_bias = qkv_bias
@@ -111,15 +117,20 @@ class MaskedEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
         pos = pos.to(tokens.dtype)
-        if mask is None:
-            x = tokens + pos
-        elif self.mask_token is not None:
-            x = torch.where(mask.mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens) + pos
+        x = tokens
+        if mask is not None and self.mask_token is not None:
+            x = torch.where(mask.mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        if self.pos_every_block:  # positions enter every block, not only the first
+            pos = pos.expand(x.shape[0], -1, -1)
         else:
-            x = gather_tokens(tokens + pos, mask.ids_keep)
+            x, pos = x + pos, None
+        if mask is not None and self.mask_token is None:
+            x = gather_tokens(x, mask.ids_keep)
+            pos = None if pos is None else gather_tokens(pos, mask.ids_keep)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = run_blocks(self.blocks, x, self.grad_checkpointing)
+            pos = None if pos is None else torch.cat([pos.new_zeros(x.shape[0], 1, x.shape[2]), pos], dim=1)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, pos)
         return self.norm(x)
 
 
@@ -148,9 +159,11 @@ class MaskedDecoder(nn.Module):
         fill_hidden: bool = True,
         embed_bias: bool = True,
         head_norm_eps: float | None = None,
+        pos_every_block: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
+        self.pos_every_block = pos_every_block
         self.embed = nn.Linear(in_dim, dim, bias=embed_bias) if depth else nn.Identity()
         width = dim if depth else in_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width)) if fill_hidden else None
@@ -179,11 +192,16 @@ class MaskedDecoder(nn.Module):
                 raise RuntimeError("decoder got only visible tokens but was built with fill_hidden=False")
             fill = self.mask_token.to(x.dtype).expand(x.shape[0], length - x.shape[1], -1)
             x = gather_tokens(torch.cat([x, fill], dim=1), mask.ids_restore)
+        every = None
         if pos is not None:
-            x = x + pos.to(x.dtype)
+            if self.pos_every_block and len(self.blocks):
+                every = torch.cat([pos.new_zeros(x.shape[0], num_prefix, x.shape[2]),
+                                   pos.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+            else:
+                x = x + pos.to(x.dtype)
         if len(self.blocks):
             x = torch.cat([prefix, x], dim=1)
-            x = run_blocks(self.blocks, x, self.grad_checkpointing)
+            x = run_blocks(self.blocks, x, self.grad_checkpointing, every)
             x = self.norm(x)[:, num_prefix:]
         return self.head(x)
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mimx.config import UserError, from_mapping
+from mimx.data.labels import read_label
 from mimx.data.shards import ShardWriter, expand_shards
 from mimx.data.stream import FileListStream, read_file_list, read_raw
 from mimx.data.transforms import Normalizer
-from mimx.modalities.video.data import VideoDataConfig, VideoDecoder, read_video_label, spread_crops, video_stream
+from mimx.modalities.video.data import VideoDataConfig, VideoDecoder, spread_crops, video_stream
 from mimx.modalities.video.io import encode_clip, open_video
 from mimx.modalities.video.sampling import dense_indices, sample_clips, segment_indices, view_starts
 from mimx.modalities.video.shards import write_video_shards
@@ -135,15 +136,15 @@ def test_decoder_train_and_eval_views(clip_bytes):
 
 
 def test_labels():
-    assert read_video_label({"cls": b" 7\n"}) == 7
-    assert read_video_label({"json": b'{"label": 3}'}) == 3
-    assert read_video_label({"mp4": b""}) == -1
+    assert read_label({"cls": b" 7\n"}) == 7
+    assert read_label({"json": b'{"label": 3}'}) == 3
+    assert read_label({"mp4": b""}) == -1
     with pytest.raises(ValueError, match="not an integer"):
-        read_video_label({"cls": b"cat"})
+        read_label({"cls": b"cat"})
     with pytest.raises(ValueError, match="not an integer"):
-        read_video_label({"json": b'{"direction": 1.5}'}, "direction")
+        read_label({"json": b'{"direction": 1.5}'}, "direction")
     with pytest.raises(KeyError, match="direction"):
-        read_video_label({"json": b'{"label": 1}'}, "direction")
+        read_label({"json": b'{"label": 1}'}, "direction")
 
 
 def _drain(stream):

@@ -6,6 +6,7 @@ import glob
 import io
 import json
 import os
+import sys
 import tarfile
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -270,3 +271,33 @@ def write_dataset(out: Path, prefix: str, samples: Iterable[dict[str, Any]], cla
     if classes:
         (out / "classes.json").write_text(json.dumps(list(classes), indent=1))
     return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}
+
+
+def list_sources(src: Path, suffixes: Collection[str], what: str = "files") -> tuple[list[tuple[Path, int]], list[str],
+                                                                                    Path]:
+    """(files with labels, class names, folder the source names are relative to) of a folder or a list.
+
+    A folder: its files (class subfolders give labels, see :func:`list_files`); a ``.csv``/``.txt``
+    file: a ``path label`` list.
+    """
+    from mimx.data.stream import read_file_list
+
+    if src.is_file() and src.suffix.lower() in (".csv", ".txt"):
+        return read_file_list(src), [], src.parent
+    if src.is_file():
+        raise UserError(f"{src} is neither a folder nor a .csv/.txt file list")
+    items, classes = list_files(src, suffixes, what)
+    return items, classes, src
+
+
+def print_summary(summary: dict[str, Any], out: str | Path, what: str) -> None:
+    """The closing lines of a ``shards`` command: what was written, then every skipped source (first 20)."""
+    print(f"wrote {summary['samples']} {what} ({summary['classes']} classes) into {len(summary['shards'])} shard(s) "
+          f"in {out}")
+    skipped = summary["skipped"]
+    if skipped:
+        print(f"skipped {len(skipped)} unusable source(s):", file=sys.stderr)
+        for line in skipped[:20]:
+            print(f"  - {line}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more", file=sys.stderr)

@@ -79,6 +79,8 @@ class Task(Protocol):
     def figure(self, model: nn.Module, path: Path) -> None:
         """Write a reconstruction figure (main process, eval mode, no grad)."""
 
+    # optional: ``report() -> str``, a line on the data printed when training ends
+
 
 @dataclass
 class StepContext:
@@ -343,6 +345,9 @@ class Trainer:
                   file=sys.stderr)
             if report:
                 print(f"[mimx] data: {report}", file=sys.stderr)
+            task_report = getattr(self.task, "report", None)
+            if task_report is not None and task_report():
+                print(f"[mimx] data: {task_report()}", file=sys.stderr)
         return TrainResult(self.step, self.total_steps, last_loss, path, self.step < self.total_steps)
 
     def _export_weights(self) -> None:

@@ -58,6 +58,14 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
                         layer_scale=lambda n: layer_decay ** (depth + 1 - vit_layer_id(n, depth)))
 
 
+def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Multi-view testing: ``[B * views, K]`` logits -> log of each sample's mean class probabilities ``[B, K]``."""
+    if views <= 1:
+        return logits
+    probs = logits.float().softmax(-1).view(-1, views, logits.shape[-1]).mean(1)
+    return probs.clamp_min(1e-12).log()
+
+
 @dataclass
 class FinetuneResult:
     best_epoch: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from mimx.config import UserError
+from mimx.data.labels import read_label
 from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_box, random_resized_crop_box
 from mimx.data.transforms import Normalizer as Normalizer  # re-exported: image code imports it from here
 
@@ -50,17 +50,6 @@ def find_image(sample: dict[str, Any]) -> tuple[str, bytes]:
             return ext, sample[ext]
     keys = sorted(k for k in sample if not k.startswith("__"))
     raise KeyError(f"no image in sample (has {keys}; expected one of {', '.join(IMAGE_EXTS)})")
-
-
-def read_label(sample: dict[str, Any]) -> int:
-    """Class id from ``cls`` (text int) or ``json`` (``{"label": int}``); -1 when absent."""
-    if "cls" in sample:
-        return int(bytes(sample["cls"]).decode().strip())
-    if "json" in sample:
-        meta = json.loads(sample["json"])
-        if isinstance(meta, dict) and "label" in meta:
-            return int(meta["label"])
-    return -1
 
 
 class ImageDecoder:

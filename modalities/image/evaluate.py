@@ -10,8 +10,9 @@ import torch
 from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping
+from mimx.data.labels import read_label
 from mimx.evaluation import accuracy
-from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer, read_label
+from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.export import load_image_mae
 from mimx.modalities.image.interop import to_timm
 from mimx.modalities.image.model import ImageMAE

@@ -5,23 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from webdataset.tariterators import tarfile_samples
 
-from mimx.config import UserError
-from mimx.data.shards import expand_shards, is_remote
+from mimx.data.sources import first_decoded
 from mimx.masking import build_masking
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.export import load_image_mae
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
 from mimx.modalities.image.shards import SUFFIXES
-
-
-def _image_files(source: Path) -> list[Path]:
-    if source.is_dir():
-        return sorted(f for f in source.rglob("*") if f.suffix.lower() in SUFFIXES)
-    return [source]
 
 
 def load_images(sources: list[str], decoder: ImageDecoder, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -30,41 +21,8 @@ def load_images(sources: list[str], decoder: ImageDecoder, count: int) -> tuple[
     A source is an image file, a folder of images, or shards (a ``.tar``, a
     brace pattern, a folder of ``.tar`` files, a ``pipe:`` URL).
     """
-    images: list[torch.Tensor] = []
-    names: list[str] = []
-    rng = np.random.default_rng(0)
-
-    def add(sample: dict, name: str) -> None:
-        try:
-            images.append(decoder(sample, rng)["image"])
-            names.append(name)
-        except Exception as exc:  # an unreadable image is reported, the others are still shown
-            print(f"skipped {name}: {type(exc).__name__}: {exc}")
-
-    for source in sources:
-        path = Path(source)
-        shard_like = is_remote(source) or source.endswith(".tar") or "{" in source or (
-            path.is_dir() and any(path.glob("*.tar")))
-        if shard_like:
-            for url in expand_shards(source):
-                for sample in tarfile_samples([{"url": url}], handler=lambda exc: True):
-                    add(sample, f"{url}:{sample['__key__']}")
-                    if len(images) >= count:
-                        break
-                if len(images) >= count:
-                    break
-        else:
-            if not path.exists():
-                raise UserError(f"{source} does not exist; give image files, a folder of images or shards")
-            for f in _image_files(path):
-                add({"__key__": f.stem, f.suffix.lower().lstrip("."): f.read_bytes()}, str(f))
-                if len(images) >= count:
-                    break
-        if len(images) >= count:
-            break
-    if not images:
-        raise UserError(f"no readable image in {', '.join(sources)}")
-    return torch.stack(images), names
+    items, names = first_decoded(sources, lambda s, rng: decoder(s, rng)["image"], count, SUFFIXES, "image")
+    return torch.stack(items), names
 
 
 def visualize(checkpoint: str | Path, sources: list[str], out: str | Path, *, count: int = 8, seed: int = 0,

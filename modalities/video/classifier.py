@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mimx.modalities.video.model import VideoMAE
+from mimx.train.finetune import average_views
 from mimx.transformer import make_blocks, run_blocks
 
 
@@ -42,8 +43,4 @@ class VideoClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = x.shape[1] if x.dim() == 6 else 0
-        logits = self.head(self.forward_features(x.flatten(0, 1) if views else x))
-        if views <= 1:
-            return logits
-        probs = logits.float().softmax(-1).view(-1, views, logits.shape[-1]).mean(1)
-        return probs.clamp_min(1e-12).log()
+        return average_views(self.head(self.forward_features(x.flatten(0, 1) if views else x)), views)

@@ -17,7 +17,6 @@ with the reason; the stream counts and reports it.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mimx.config import UserError
+from mimx.data.labels import read_label
 from mimx.data.shards import dataset_size, expand_shards
 from mimx.data.stream import Decoder, FileListStream, ShardStream, read_file_list
 from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, random_resized_crop_box
@@ -110,29 +110,6 @@ def find_video(sample: dict[str, Any]) -> tuple[str, bytes]:
     raise KeyError(f"no video in sample (has {keys}; expected one of {', '.join(VIDEO_EXTS)})")
 
 
-def _as_label(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
-        raise ValueError(f"label {value!r} in {where} is not an integer")
-    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"label {text.strip()[:40]!r} in {where} is not an integer") from None
-
-
-def read_video_label(sample: dict[str, Any], key: str = "cls") -> int:
-    """Class id: ``cls`` (else json ``label``; -1 when neither) or, for another key, that json field."""
-    if key == "cls" and "cls" in sample:
-        return _as_label(sample["cls"], "cls")
-    meta = json.loads(sample["json"]) if "json" in sample else {}
-    field_name = "label" if key == "cls" else key
-    if isinstance(meta, dict) and field_name in meta:
-        return _as_label(meta[field_name], f"json[{field_name!r}]")
-    if key == "cls":
-        return -1
-    raise KeyError(f"no json field {key!r} for data.label_key (sample has {sorted(k for k in sample)})")
-
-
 def resize_frames(frames: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> uint8 ``[3, T, h, w]`` (bilinear, antialiased).
 
@@ -179,7 +156,7 @@ class VideoDecoder:
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.cfg
         _, data = find_video(sample)
-        label = read_video_label(sample, cfg.label_key)
+        label = read_label(sample, cfg.label_key)
         with open_video(data, cfg.backend, cfg.decode_threads) as video:
             index = self.clip_indices(video.num_frames, rng)
             unique, inverse = np.unique(index, return_inverse=True)

@@ -17,10 +17,11 @@ import torch
 from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping
+from mimx.data.labels import read_label
 from mimx.data.transforms import Normalizer
 from mimx.evaluation import accuracy
 from mimx.modalities.video.classifier import VideoClassifier
-from mimx.modalities.video.data import VideoDataConfig, VideoDecoder, read_video_label
+from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
 from mimx.modalities.video.export import load_video_mae
 from mimx.modalities.video.model import VideoMAE
 from mimx.protocols import (
@@ -65,7 +66,7 @@ def video_eval_data(cfg: VideoEvalDataConfig, mae: VideoMAE) -> tuple[EvalData, 
                             short_video=cfg.short_video, label_key=cfg.label_key, **mae.normalization)
     clips.validate()
     key = cfg.label_key
-    data = EvalData(cfg, lambda train: VideoDecoder(clips, train=train), lambda s: read_video_label(s, key))
+    data = EvalData(cfg, lambda train: VideoDecoder(clips, train=train), lambda s: read_label(s, key))
     return data, Normalizer(clips.mean, clips.std)
 
 

@@ -10,7 +10,6 @@ decoded or has no frames is skipped and listed at the end.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mimx.config import UserError
-from mimx.data.shards import list_files, write_dataset
-from mimx.data.stream import read_file_list
+from mimx.data.shards import list_sources, print_summary, write_dataset
 from mimx.modalities.video.io import VIDEO_EXTS, encode_frames, even_size, iter_frames, open_video
 
 SUFFIXES = {f".{ext}" for ext in VIDEO_EXTS}
@@ -37,16 +35,6 @@ class Recode:
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.short_side, self.keyint, self.crf, self.max_frames))
-
-
-def list_sources(src: Path) -> tuple[list[tuple[Path, int]], list[str], Path]:
-    """(files with labels, class names, folder the source names are relative to) of a folder or a list."""
-    if src.is_file() and src.suffix.lower() in (".csv", ".txt"):
-        return read_file_list(src), [], src.parent
-    if src.is_file():
-        raise UserError(f"{src} is neither a folder nor a .csv/.txt file list")
-    items, classes = list_files(src, SUFFIXES, "videos")
-    return items, classes, src
 
 
 def prepare_video(path: Path, recode: Recode) -> tuple[str, bytes, dict[str, Any]]:
@@ -114,7 +102,7 @@ def write_video_shards(src: str | Path, out: str | Path, *, prefix: str = "video
     for name, value in (("short_side", short_side), ("keyint", keyint), ("max_frames", max_frames)):
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    items, classes, root = list_sources(src)
+    items, classes, root = list_sources(src, SUFFIXES, "videos")
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
@@ -148,12 +136,5 @@ def main(argv: list[str]) -> int:
                                  max_count=args.max_count, short_side=args.short_side, keyint=args.keyint,
                                  crf=args.crf, max_frames=args.max_frames, shuffle=not args.no_shuffle,
                                  seed=args.seed, workers=args.workers, overwrite=args.overwrite)
-    print(f"wrote {summary['samples']} videos ({summary['classes']} classes) into {len(summary['shards'])} shard(s) "
-          f"in {args.out}")
-    if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} unusable video(s):", file=sys.stderr)
-        for line in summary["skipped"][:20]:
-            print(f"  - {line}", file=sys.stderr)
-        if len(summary["skipped"]) > 20:
-            print(f"  ... and {len(summary['skipped']) - 20} more", file=sys.stderr)
+    print_summary(summary, args.out, "videos")
     return 0

@@ -5,24 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from webdataset.tariterators import tarfile_samples
 
-from mimx.config import UserError
-from mimx.data.shards import expand_shards, is_remote
+from mimx.data.sources import first_decoded
 from mimx.data.transforms import Normalizer
 from mimx.masking import build_masking
 from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
 from mimx.modalities.video.export import load_video_mae
 from mimx.modalities.video.figures import save_animation, save_strip, video_panels
 from mimx.modalities.video.io import VIDEO_EXTS
-
-
-def _video_files(source: Path) -> list[Path]:
-    if source.is_dir():
-        return sorted(f for f in source.rglob("*") if f.suffix.lower().lstrip(".") in VIDEO_EXTS)
-    return [source]
 
 
 def load_clips(sources: list[str], decoder: VideoDecoder, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -32,39 +23,9 @@ def load_clips(sources: list[str], decoder: VideoDecoder, count: int) -> tuple[t
     pattern, a folder of ``.tar`` files, a ``pipe:`` URL). An unreadable video is
     reported and skipped.
     """
-    clips: list[torch.Tensor] = []
-    names: list[str] = []
-    rng = np.random.default_rng(0)
-
-    def add(sample: dict, name: str) -> None:
-        try:
-            clips.append(decoder(sample, rng)["video"][0])
-            names.append(name)
-        except Exception as exc:
-            print(f"skipped {name}: {type(exc).__name__}: {exc}")
-
-    for source in sources:
-        path = Path(source)
-        if is_remote(source) or source.endswith(".tar") or "{" in source or (path.is_dir() and any(path.glob("*.tar"))):
-            for url in expand_shards(source):
-                for sample in tarfile_samples([{"url": url}], handler=lambda exc: True):
-                    add(sample, f"{url}:{sample['__key__']}")
-                    if len(clips) >= count:
-                        break
-                if len(clips) >= count:
-                    break
-        else:
-            if not path.exists():
-                raise UserError(f"{source} does not exist; give video files, a folder of videos or shards")
-            for f in _video_files(path):
-                add({"__key__": f.stem, f.suffix.lower().lstrip("."): f.read_bytes()}, str(f))
-                if len(clips) >= count:
-                    break
-        if len(clips) >= count:
-            break
-    if not clips:
-        raise UserError(f"no readable video in {', '.join(sources)}")
-    return torch.stack(clips), names
+    suffixes = {f".{ext}" for ext in VIDEO_EXTS}
+    items, names = first_decoded(sources, lambda s, rng: decoder(s, rng)["video"][0], count, suffixes, "video")
+    return torch.stack(items), names
 
 
 def visualize(checkpoint: str | Path, sources: list[str], out: str | Path, *, count: int = 4, seed: int = 0,

@@ -1,0 +1,217 @@
+"""Point-cloud I/O (open3d and numpy formats, meshes), preparation, bad input, shards, converters, benchmark."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mimx.modalities.points.clouds import prepare_cloud
+from mimx.modalities.points.data import PointDataConfig, PointDecoder, points_stream
+from mimx.modalities.points.io import decode_points, encode_npy, read_off, read_points, sample_surface, write_ply
+
+o3d = pytest.importorskip("open3d")
+
+CUBE_V = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+CUBE_F = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6],
+                   [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+
+
+def cube_mesh():
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(CUBE_V), o3d.utility.Vector3iVector(CUBE_F))
+    mesh.compute_triangle_normals()
+    mesh.compute_vertex_normals()
+    return mesh
+
+
+def on_cube_surface(points: np.ndarray) -> bool:
+    return bool(np.all(np.isclose(np.abs(points).max(axis=1), 1.0, atol=1e-5)))
+
+
+@pytest.fixture
+def cloud() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+
+
+def test_point_formats_read_back_the_same_points(tmp_path, cloud):
+    write_ply(tmp_path / "a.ply", cloud)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
+    o3d.io.write_point_cloud(str(tmp_path / "a.pcd"), pcd)
+    np.save(tmp_path / "a.npy", np.column_stack([cloud, np.ones(len(cloud))]))  # extra columns are dropped
+    np.savez(tmp_path / "a.npz", points=cloud)
+    np.savetxt(tmp_path / "a.xyz", cloud, header=str(len(cloud)), comments="")  # a count line first
+    for name in ("a.ply", "a.pcd", "a.npy", "a.npz", "a.xyz"):
+        np.testing.assert_allclose(read_points(tmp_path / name), cloud, atol=1e-5, err_msg=name)
+    # the same bytes inside a shard decode the same way
+    np.testing.assert_allclose(decode_points((tmp_path / "a.ply").read_bytes(), "ply"), cloud, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".obj", ".stl", ".ply", ".off"])
+def test_meshes_are_sampled_uniformly_on_their_surface(tmp_path, suffix):
+    path = tmp_path / f"cube{suffix}"
+    if suffix == ".off":
+        lines = ["OFF", "# a comment", "8 12 0"] + [" ".join(map(str, v)) for v in CUBE_V]
+        lines += [f"3 {a} {b} {c}" for a, b, c in CUBE_F]
+        path.write_text("\n".join(lines))
+    else:
+        o3d.io.write_triangle_mesh(str(path), cube_mesh())
+    points = read_points(path, mesh_points=6000, seed=3)
+    assert points.shape == (6000, 3) and on_cube_surface(points)
+    # uniform over the area: each of the 6 faces gets about a sixth
+    faces = np.abs(points).argmax(1) * 2 + (points[np.arange(len(points)), np.abs(points).argmax(1)] > 0)
+    counts = np.bincount(faces, minlength=6)
+    assert counts.min() > 800 and counts.max() < 1200
+    np.testing.assert_array_equal(points, read_points(path, mesh_points=6000, seed=3))  # seeded
+
+
+def test_off_reader_triangulates_polygons_and_skips_colours():
+    data = b"COFF\n4 1 0\n0 0 0 255 0 0 255\n1 0 0 0 255 0 255\n1 1 0 0 0 255 255\n0 1 0 9 9 9 255\n4 0 1 2 3\n"
+    vertices, faces = read_off(data)
+    assert vertices.shape == (4, 3) and faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+    points = sample_surface(vertices, faces, 100)
+    assert points[:, 2].max() == 0 and points[:, :2].min() >= 0 and points[:, :2].max() <= 1
+
+
+def test_unreadable_and_empty_files_raise_naming_the_file(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    (tmp_path / "empty.xyz").write_text("")
+    (tmp_path / "a.vtk").write_text("x")
+    for name, match in (("bad.npy", "bad.npy"), ("empty.xyz", "no point"), ("a.vtk", "unsupported")):
+        with pytest.raises(ValueError, match=match):
+            read_points(tmp_path / name)
+
+
+def test_prepare_drops_nonfinite_pads_caps_and_normalises(cloud):
+    rng = np.random.default_rng(0)
+    bad = cloud.copy()
+    bad[:7, 1] = np.nan
+    bad[7:9, 0] = np.inf
+    ready = prepare_cloud(bad, 256, rng)
+    assert ready.dropped == 9 and not ready.padded and not ready.capped
+    assert np.isfinite(ready.points).all() and ready.points.shape == (256, 3)
+    np.testing.assert_allclose(np.linalg.norm(ready.points, axis=1).max(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(ready.points.mean(0), 0, atol=1e-5)
+    few = prepare_cloud(cloud[:40], 256, rng)
+    assert few.padded and few.points.shape == (256, 3)
+    assert len(np.unique(few.points, axis=0)) == 40  # every original point, repeats to fill
+    huge = prepare_cloud(np.random.default_rng(1).normal(size=(200_000, 3)), 256, rng, max_points=4096)
+    assert huge.capped and huge.points.shape == (256, 3)
+    fps = prepare_cloud(cloud, 64, rng, sample="fps", normalize=False)
+    assert len(np.unique(fps.points, axis=0)) == 64
+    with pytest.raises(ValueError, match="no finite point"):
+        prepare_cloud(np.full((10, 3), np.nan), 16, rng)
+
+
+def _tar(path: Path, samples: list[dict[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for sample in samples:
+            key = sample.pop("__key__")
+            for ext, data in sample.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_stream_skips_and_counts_corrupt_clouds(tmp_path, cloud):
+    nan = np.full((50, 3), np.nan, dtype=np.float32)
+    good = [{"__key__": f"g{i}", "npy": encode_npy(cloud * (i + 1)), "cls": b"1"} for i in range(5)]
+    bad = [{"__key__": "corrupt", "npy": b"\x93NUMPY garbage", "cls": b"0"},
+           {"__key__": "allnan", "npy": encode_npy(nan), "cls": b"0"},
+           {"__key__": "nocloud", "txt": b"hello", "cls": b"0"},
+           {"__key__": "badlabel", "npy": encode_npy(cloud), "cls": b"cat"}]
+    _tar(tmp_path / "s-000000.tar", good[:3] + bad[:2])
+    _tar(tmp_path / "s-000001.tar", good[3:] + bad[2:])
+    cfg = PointDataConfig(shards=str(tmp_path), num_points=128, shuffle=0)
+    stream = points_stream(cfg, PointDecoder(cfg, train=False), batch_size=8, epochs=1)
+    batches = list(stream)
+    points = torch.cat([b["points"] for b in batches if "points" in b])
+    skips = [s for b in batches for s in b["_skips"]]
+    assert points.shape == (5, 1, 128, 3)
+    assert len(skips) == 4 and any("corrupt" in s for s in skips) and any("badlabel" in s for s in skips)
+
+
+def test_eval_views_are_the_plain_cloud_then_scaled_votes(cloud):
+    cfg = PointDataConfig(num_points=128, test_votes=3)
+    sample = {"__key__": "x", "npy": encode_npy(cloud), "cls": b"2"}
+    out = PointDecoder(cfg, train=False)(sample, np.random.default_rng(0))
+    assert out["points"].shape == (3, 128, 3) and out["label"] == 2
+    plain = out["points"][0]
+    for view in out["points"][1:]:  # a per-axis scale of the same points
+        ratio = view / plain
+        assert torch.allclose(ratio, ratio[0:1].expand_as(ratio), atol=1e-4)
+
+
+def test_shards_command_reads_mixed_formats_and_reports_bad_files(tmp_path, cloud, capsys):
+    from mimx.cli import main
+
+    src = tmp_path / "src"
+    (src / "chairs").mkdir(parents=True)
+    (src / "tables").mkdir()
+    write_ply(src / "chairs" / "a.ply", cloud)
+    np.save(src / "chairs" / "b.npy", cloud[:100])
+    o3d.io.write_triangle_mesh(str(src / "tables" / "c.obj"), cube_mesh())
+    (src / "tables" / "broken.off").write_text("OFF\n3 1 0\n0 0\n")
+    out = tmp_path / "out"
+    assert main(["points", "shards", str(src), str(out), "--mesh-points", "300", "--max-points", "200"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 3 point clouds (2 classes)" in captured.out and "broken.off" in captured.err
+    assert json.loads((out / "classes.json").read_text()) == ["chairs", "tables"]
+    cfg = PointDataConfig(shards=str(out), num_points=64, shuffle=0)
+    batch = next(iter(points_stream(cfg, PointDecoder(cfg, train=False), batch_size=3, epochs=1)))
+    assert sorted(batch["label"].tolist()) == [0, 0, 1]
+
+
+def test_scanobjectnn_and_shapenet_converters(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from mimx.datasets.point_converters import convert_scanobjectnn, convert_shapenet
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 4)):
+        with h5py.File(tmp_path / f"{split}.h5", "w") as f:
+            f["data"] = rng.normal(size=(count, 2048, 3)).astype(np.float32)
+            f["label"] = np.arange(count) % 3
+    report = convert_scanobjectnn(tmp_path / "train.h5", tmp_path / "test.h5", tmp_path / "sonn")
+    assert report["train"]["samples"] == 6 and report["test"]["samples"] == 4
+    cfg = PointDataConfig(shards=str(tmp_path / "sonn" / "test"), num_points=512, shuffle=0)
+    batch = next(iter(points_stream(cfg, PointDecoder(cfg, train=False), batch_size=4, epochs=1)))
+    assert batch["label"].tolist() == [0, 1, 2, 0]
+
+    pcs, lists = tmp_path / "shapenet_pc", tmp_path / "ShapeNet-55"
+    pcs.mkdir()
+    lists.mkdir()
+    names = {"train": ["02691156-a.npy", "03001627-b.npy", "02691156-c.npy"],
+             "test": ["03001627-d.npy", "x-missing.npy"]}
+    for split, files in names.items():
+        (lists / f"{split}.txt").write_text("\n".join(files) + "\n")
+        for name in files:
+            if "missing" not in name:
+                np.save(pcs / name, rng.normal(size=(8192, 3)).astype(np.float32))
+    report = convert_shapenet(lists, pcs, tmp_path / "sn")
+    assert report["train"]["samples"] == 3 and report["test"]["samples"] == 1
+    assert any("missing" in s for s in report["test"]["skipped"])
+    assert json.loads((tmp_path / "sn" / "train" / "classes.json").read_text()) == ["02691156", "03001627", "x"]
+
+
+def test_shape_benchmark_splits_are_disjoint_draws_of_real_meshes(tmp_path):
+    pytest.importorskip("mimx.datasets.shapes").pymeshlab_folder()
+    from mimx.datasets.shapes import build_shapes
+
+    report = build_shapes(tmp_path, counts={"train": 2, "val": 1, "test": 1})
+    assert report == {"train": {"samples": 10, "shards": 5}, "val": {"samples": 5, "shards": 5},
+                      "test": {"samples": 5, "shards": 5}}
+    assert json.loads((tmp_path / "classes.json").read_text()) == ["airplane", "bone", "bunny", "cow", "face_scan"]
+    seen = {}
+    for split in ("train", "val", "test"):
+        for shard in sorted((tmp_path / split).glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.name.endswith(".npy"):
+                        points = np.load(io.BytesIO(tar.extractfile(member).read()))
+                        assert 1024 <= len(points) <= 4096 and np.isfinite(points).all()
+                        seen[member.name] = points[:5].tobytes()
+    assert len(seen) == 20 and len(set(seen.values())) == 20  # every instance a distinct draw
