@@ -8,6 +8,7 @@ each sample, so gathering the visible tokens is one batched ``torch.gather``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -328,6 +329,79 @@ class RunningCellDecoding:
 
     def __repr__(self) -> str:
         return f"RunningCellDecoding(ratio={self.ratio}, cell={self.cell})"
+
+
+def sample_dirichlet(batch: int, alpha: float | Sequence[float], groups: int, *, present: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Weights ``[B, M]`` from Dirichlet(``alpha``) over the groups ``present`` (others get 0).
+
+    Drawn from a seed taken from ``generator`` (same generator state, same weights) without
+    touching the global random state.
+    """
+    concentration = torch.as_tensor(alpha, dtype=torch.float32).expand(groups).clone()
+    if bool((concentration <= 0).any()):
+        raise UserError(f"Dirichlet alpha must be positive, got {alpha!r}")
+    seed = _seed_from(generator)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        draws = torch.distributions.Gamma(concentration, torch.ones(groups)).sample((batch,))
+    draws = draws.clamp_min(1e-12)
+    if present is not None:
+        draws = draws * present.to(draws.device, torch.float32)
+    return (draws / draws.sum(1, keepdim=True).clamp_min(1e-12)).to(device)
+
+
+def split_budget(weights: torch.Tensor, lengths: Sequence[int], total: int) -> torch.Tensor:
+    """Integer counts ``[B, M]`` that sum to exactly ``total`` per row, close to ``weights * total``.
+
+    Largest-remainder rounding; no group gets more than its length or any count when its weight
+    is 0 (unless the others are full). Raises when ``total`` exceeds the tokens available.
+    """
+    caps = torch.as_tensor(list(lengths), device=weights.device).expand_as(weights)
+    if total > int(caps[0].sum()):
+        raise UserError(f"{total} visible tokens asked for, but the groups hold only {int(caps[0].sum())}")
+    ideal = weights.float() * total
+    counts = torch.minimum(ideal.floor().long(), caps)
+    priority = ideal - counts + (weights > 0).float()  # groups with weight first, then the largest remainders
+    for _ in range(total + 1):
+        deficit = total - counts.sum(1)
+        if not bool((deficit > 0).any()):
+            break
+        room = counts < caps
+        pick = torch.where(room, priority, torch.full_like(priority, -torch.inf)).argmax(1)
+        give = (deficit > 0).long()
+        counts = counts.scatter_add(1, pick[:, None], give[:, None])
+        priority = priority.scatter_add(1, pick[:, None], -give[:, None].float())
+    return counts
+
+
+def group_budget_mask(lengths: Sequence[int], counts: torch.Tensor, *, noise: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None) -> Mask:
+    """MultiMAE masking over groups of tokens laid end to end (one group per modality).
+
+    ``counts [B, M]`` visible tokens per group (e.g. from :func:`split_budget`, the same total in
+    every row so the encoder batches without padding); within a group the visible tokens are the
+    ones with the lowest ``noise`` (``[B, sum(lengths)]``, drawn from ``generator`` when not given).
+    """
+    batch, total_len = counts.shape[0], int(sum(lengths))
+    visible = counts.sum(1)
+    if bool((visible != visible[0]).any()):
+        raise ValueError("every sample needs the same visible count")
+    if noise is None:
+        noise = torch.rand(batch, total_len, generator=generator,
+                           device=generator.device if generator is not None else counts.device)
+    noise = noise.to(counts.device)
+    keep = torch.zeros(batch, total_len, dtype=torch.bool, device=counts.device)
+    start = 0
+    for m, length in enumerate(lengths):
+        ranks = noise[:, start:start + length].argsort(1).argsort(1)
+        keep[:, start:start + length] = ranks < counts[:, m:m + 1]
+        start += length
+    score = noise + (~keep).float() * 2  # kept tokens first, each set in noise order
+    ids_shuffle = score.argsort(1)
+    ids_restore = ids_shuffle.argsort(1)
+    return Mask(~keep, ids_shuffle[:, :int(visible[0])], ids_restore)
 
 
 MASKINGS = {"random": RandomMasking, "tube": TubeMasking, "block": BlockMasking, "coarse": CoarseMasking}

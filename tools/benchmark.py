@@ -6,6 +6,7 @@
     python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav]
     python tools/benchmark.py peak
     python tools/benchmark.py point-ops [--clouds 32] [--points 1024] [--centres 64] [--k 32] [--threads 2]
+    python tools/benchmark.py point-step [--model small] [--batch 32] [--precisions fp32,bf16]
 
 ``step``: train-step throughput (forward, backward, AdamW) and peak memory of
 mimx's MAE against transformers' ``ViTMAEForPreTraining`` with the same
@@ -20,6 +21,8 @@ also prints achieved FLOP/s against the machine's measured matmul peak.
 ``point-ops``: milliseconds per call of farthest point sampling, kNN and Chamfer-L2 forward + backward for
 each available backend of ``mimx.modalities.points.ops``, against naive peers (``cdist`` + ``topk`` kNN, and
 a Chamfer distance with autograd through the full ``cdist`` matrix).
+``point-step``: Point-MAE train steps per second per precision and ops backend, and the part of it spent
+grouping (FPS + kNN). No installable peer exists (the reference needs custom CUDA extensions).
 Results go in docs/benchmarks.md with the command that produced them.
 """
 
@@ -448,6 +451,54 @@ def cmd_point_ops(args: argparse.Namespace) -> None:
     print(f"\nChamfer-L2 value: mimx torch {mine:.6f}, naive {peer:.6f}")
 
 
+def cmd_point_step(args: argparse.Namespace) -> None:
+    """Point-MAE train step (forward, backward, AdamW) in clouds/s, per precision and ops backend."""
+    from mimx.modalities.points import ops
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = ["torch"] + (["pytorch3d"] if ops.has_pytorch3d() else [])
+    points = torch.randn(args.batch, args.points, 3, generator=torch.Generator().manual_seed(0)).to(device)
+    print(f"# Point-MAE {args.model} train step: batch {args.batch} x {args.points} points, 64 groups of 32, "
+          f"mask 0.6; device {device}, threads {args.threads or torch.get_num_threads()}; ms per step, median of "
+          f"{args.repeats} after 1 warm-up")
+    print("| precision | ops backend | ms per step | clouds/s | grouping ms (FPS + kNN) | first loss |")
+    print("|---|---|---|---|---|---|")
+    for precision_name in args.precisions:
+        for backend in backends:
+            print(point_step_row(args, precision_name, backend, points, device))
+
+
+def point_step_row(args: argparse.Namespace, precision_name: str, backend: str, points: torch.Tensor,
+                   device: torch.device) -> str:
+    from mimx.modalities.points.model import PointMAE, point_mae_config
+    from mimx.train.precision import Precision
+    from mimx.transformer import set_fused_attention
+
+    torch.manual_seed(0)
+    model = PointMAE(point_mae_config(preset=args.model, backend=backend, num_points=args.points)).to(device)
+    precision = Precision(precision_name, device)
+    set_fused_attention(model, precision.prefers_fused_attention())
+    precision.attach(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    noise = torch.rand(args.batch, 64, generator=torch.Generator().manual_seed(1)).to(device)
+    losses = []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            loss = model(points.to(precision.input_dtype), noise=noise).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+
+    ms = median_ms(step, device, args.repeats)
+    group_ms = median_ms(lambda: model.groups(points), device, args.repeats)
+    return (f"| {precision.label()} | {backend} | {ms:.0f} | {1e3 * args.batch / ms:.1f} | {group_ms:.1f} | "
+            f"{float(losses[0]):.5f} |")
+
+
 def cmd_peak(args: argparse.Namespace) -> None:
     device = device_of(args.device)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -506,6 +557,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("point-step")
+    p.add_argument("--model", default="small", choices=["tiny", "small", "base"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--points", type=int, default=1024)
+    p.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
     args = parser.parse_args()
     if getattr(args, "mask_ratio", 0.0) is None:
         args.mask_ratio = 0.9 if args.modality == "video" else 0.75
@@ -513,7 +572,7 @@ def main() -> None:
         print(json.dumps(measure_step(args)))
     else:
         {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak,
-         "point-ops": cmd_point_ops}[args.cmd](args)
+         "point-ops": cmd_point_ops, "point-step": cmd_point_step}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""MultiMAE's per-modality adapters: input adapters (pixels or class maps -> tokens) and output adapters
+(cross-attention queries -> per-patch predictions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mimx.masking import Mask, gather_tokens
+from mimx.patches import grid_size
+from mimx.pos_embed import sincos_grid
+from mimx.transformer import make_blocks, run_blocks
+
+
+class InputAdapter(nn.Module):
+    """Tokens of one modality: patch embedding + fixed 2-D sin-cos positions + a learned modality embedding.
+
+    ``kind="pixels"``: ``[B, C, H, W]`` float maps (RGB, depth, normals, grey ...) through a strided conv.
+    ``kind="classes"``: ``[B, H, W]`` integer class ids (``ignore_index`` and out-of-range ids share one
+    extra "unknown" embedding), embedded to ``class_dim`` channels, then the strided conv.
+    """
+
+    def __init__(self, kind: str, channels: int, patch: int, dim: int, *, num_classes: int = 0, class_dim: int = 64,
+                 ignore_index: int = 255) -> None:
+        super().__init__()
+        self.kind = kind
+        self.patch = patch
+        self.channels = channels
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        if kind == "classes":
+            self.class_embed = nn.Embedding(num_classes + 1, class_dim)
+            channels = class_dim
+        self.proj = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        self.modality_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.modality_embed, std=0.02)
+
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        spatial = x.shape[-2:]
+        return grid_size(spatial, (self.patch, self.patch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "classes":
+            ids = x.long()
+            ids = torch.where((ids < 0) | (ids >= self.num_classes), self.num_classes, ids)
+            x = self.class_embed(ids).permute(0, 3, 1, 2)
+        grid = self.grid(x)
+        tokens = self.proj(x.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
+        pos = sincos_grid(grid, tokens.shape[-1]).to(tokens.device, tokens.dtype)
+        return tokens + pos + self.modality_embed.to(tokens.dtype)
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm cross-attention of queries to context tokens, then an MLP (MultiMAE's output adapter block)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm_q, self.norm_ctx = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        ctx = self.norm_ctx(context)
+        x = queries + self.attn(self.norm_q(queries), ctx, ctx, need_weights=False)[0]
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class OutputAdapter(nn.Module):
+    """Predictions for every patch of one task from the encoder tokens.
+
+    Queries are the task's own visible tokens (projected) at their positions and a learned mask token
+    at its hidden ones, plus 2-D sin-cos positions and a task embedding; they cross-attend to all
+    encoder tokens, pass ``depth`` transformer blocks, and a linear head gives ``out_per_patch`` values.
+    """
+
+    def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, out_per_patch: int) -> None:
+        super().__init__()
+        self.proj_context = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.task_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cross = CrossBlock(dim, heads)
+        self.blocks = make_blocks(dim, depth, heads) if depth else nn.ModuleList()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, out_per_patch)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.task_embed, std=0.02)
+
+    def forward(self, latent: torch.Tensor, grid: tuple[int, int], *, mask: Mask | None = None, num_prefix: int = 1,
+                span: slice | None = None) -> torch.Tensor:
+        """``latent [B, P + V, enc_dim]`` encoder output -> ``[B, L_task, out_per_patch]``.
+
+        ``span``: where this task's tokens lie in the token order ``mask`` covers; without it (a task
+        that is never an input) every query starts as the mask token.
+        """
+        context = self.proj_context(latent)
+        length = grid[0] * grid[1]
+        if span is None or mask is None:
+            placed = self.mask_token.to(context.dtype).expand(context.shape[0], length, -1)
+        else:
+            visible = context[:, num_prefix:]
+            batch, total = mask.mask.shape
+            fill = self.mask_token.to(visible.dtype).expand(batch, total - visible.shape[1], -1)
+            placed = gather_tokens(torch.cat([visible, fill], dim=1), mask.ids_restore)[:, span]
+        pos = sincos_grid(grid, placed.shape[-1]).to(placed.device, placed.dtype)
+        queries = placed + pos + self.task_embed.to(placed.dtype)
+        x = self.cross(queries, context)
+        x = run_blocks(self.blocks, x)
+        return self.head(self.norm(x))
