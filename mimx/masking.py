@@ -352,15 +352,17 @@ def sample_dirichlet(batch: int, alpha: float | Sequence[float], groups: int, *,
     return (draws / draws.sum(1, keepdim=True).clamp_min(1e-12)).to(device)
 
 
-def split_budget(weights: torch.Tensor, lengths: Sequence[int], total: int) -> torch.Tensor:
+def split_budget(weights: torch.Tensor, lengths: Sequence[int] | torch.Tensor, total: int) -> torch.Tensor:
     """Integer counts ``[B, M]`` that sum to exactly ``total`` per row, close to ``weights * total``.
 
-    Largest-remainder rounding; no group gets more than its length or any count when its weight
-    is 0 (unless the others are full). Raises when ``total`` exceeds the tokens available.
+    Largest-remainder rounding. No group gets more than its length (``lengths``: one per group, or
+    ``[B, M]`` per sample, 0 for a group a sample lacks); a group with weight 0 gets tokens only
+    when the weighted ones are full. Raises when ``total`` exceeds the tokens available.
     """
-    caps = torch.as_tensor(list(lengths), device=weights.device).expand_as(weights)
-    if total > int(caps[0].sum()):
-        raise UserError(f"{total} visible tokens asked for, but the groups hold only {int(caps[0].sum())}")
+    caps = torch.as_tensor(lengths if isinstance(lengths, torch.Tensor) else list(lengths),
+                           device=weights.device).long().expand_as(weights)
+    if total > int(caps.sum(1).min()):
+        raise UserError(f"{total} visible tokens asked for, but a sample's groups hold only {int(caps.sum(1).min())}")
     ideal = weights.float() * total
     counts = torch.minimum(ideal.floor().long(), caps)
     priority = ideal - counts + (weights > 0).float()  # groups with weight first, then the largest remainders

@@ -267,8 +267,9 @@ def write_result(cfg: DictConfig, result: dict[str, Any]) -> Path:
     metrics.log({f"{name}/val_top1": round(result["val_top1"], 3), f"{name}/test_top1": round(result["test_top1"], 3)},
                 step=result["checkpoint_step"])
     metrics.close()
-    print(f"[mimx] {result['protocol']} ({result['encoder']} encoder): val top-1 {result['val_top1']:.2f}%, "
-          f"test top-1 {result['test_top1']:.2f}% on {result['test_samples']} test samples "
+    metric = result.get("metric", "top-1")
+    print(f"[mimx] {result['protocol']} ({result['encoder']} encoder): val {metric} {result['val_top1']:.2f}%, "
+          f"test {metric} {result['test_top1']:.2f}% on {result['test_samples']} test samples "
           f"({result['seconds']} s); written to {path}", file=sys.stderr)
     skipped = result["skipped"]
     if skipped["count"]:

@@ -148,7 +148,7 @@ class MultiDecoder:
         hw = next(iter(sizes.values()))
         for name in missing:
             maps[name] = invalid_map(self.specs[name], hw)
-        tensors = {n: torch.from_numpy(np.ascontiguousarray(m)) for n, m in maps.items()}
+        tensors = {n: torch.from_numpy(np.array(m)) for n, m in maps.items()}  # a copy: decoded arrays may be read-only
         tensors = {n: (t.permute(2, 0, 1) if t.dim() == 3 else t[None]) for n, t in tensors.items()}
         top, left, h, w = self._box(*hw, rng)
         flip = self.train and rng.random() < cfg.hflip

@@ -263,11 +263,7 @@ class MultiMAE(nn.Module):
         if bool((present_tokens < c.num_visible).any()):
             raise UserError(f"a sample has fewer input tokens ({int(present_tokens.min())}) than model.num_visible="
                             f"{c.num_visible}; lower num_visible or keep more modalities")
-        caps = present.long() * lengths[0]
-        counts = split_budget(weights.cpu(), lengths, c.num_visible)
-        if bool((counts > caps).any()):
-            raise RuntimeError("budget split gave tokens to an absent modality")
-        return counts.to(device)
+        return split_budget(weights.cpu(), present.long() * lengths[0], c.num_visible).to(device)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor], *, present: torch.Tensor | None = None,

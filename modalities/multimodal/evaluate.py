@@ -1,0 +1,200 @@
+"""``mimx multimodal eval semseg|depth``: dense probes on frozen encoder features from any input subset.
+
+The encoder sees the ``inputs`` modalities (default RGB only) with no masking; each patch's feature
+(the mean of its tokens over the inputs) goes through a light head, one linear layer to the patch's
+pixels, trained on the frozen features: class logits for ``semseg`` (scored by mIoU over the classes
+present), log-depth for ``depth`` (scored by delta1 = share of pixels with max(pred/gt, gt/pred) < 1.25,
+and abs-rel = mean |pred - gt| / gt, over valid pixels). The learning rate and epoch are chosen on
+validation (``data.val`` shards, else a split carved from ``data.train``); the test split is scored once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from mimx.config import UserError, from_mapping, to_plain
+from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
+from mimx.modalities.multimodal.model import MultiMAE, multimae_config
+from mimx.patches import patchify
+from mimx.protocols import EvalData, EvalSplitConfig, checkpoint_step, write_result
+from mimx.train.checkpoint import load_trained
+from mimx.train.distributed import pick_device
+from mimx.train.precision import Precision
+from mimx.transformer import set_fused_attention
+
+PROBES = ("semseg", "depth")
+ENCODERS = ("pretrained", "random")
+
+
+@dataclass
+class MultiEvalDataConfig(EvalSplitConfig):
+    """``data`` section of ``configs/multimodal/eval.yaml`` (the map size comes from the checkpoint)."""
+
+    depth_unit: float = 0.001
+    target: str | None = None  # the modality the probe predicts (default: semseg or depth by probe)
+
+
+@dataclass
+class ProbeConfig:
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    epochs: int = 30
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+
+
+def load_multimae(path: str) -> MultiMAE:
+    """A :class:`MultiMAE` with the weights of a run folder, checkpoint or ``model.safetensors``."""
+    return load_trained(path, "multimodal", lambda config: MultiMAE(multimae_config(config)), "a MultiMAE")
+
+
+def miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean intersection over union (in %) over the classes present in ``pred`` or ``target``; -1 ignored."""
+    valid = target >= 0
+    p, t = pred[valid], target[valid]
+    inter = torch.bincount(t[p == t], minlength=num_classes).float()
+    union = (torch.bincount(p, minlength=num_classes) + torch.bincount(t, minlength=num_classes)).float() - inter
+    seen = union > 0
+    return float((inter[seen] / union[seen]).mean() * 100) if bool(seen.any()) else 0.0
+
+
+def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """delta1 (%) and abs-rel over pixels with a valid (finite, > 0) target depth."""
+    valid = torch.isfinite(target) & (target > 0)
+    p, t = pred[valid].clamp_min(1e-3), target[valid]
+    ratio = torch.maximum(p / t, t / p)
+    return {"delta1": float((ratio < 1.25).float().mean() * 100), "abs_rel": float(((p - t).abs() / t).mean())}
+
+
+def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str, num_classes: int, device,
+             precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen patch features ``[N, L, D]`` and per-patch targets ``[N, L, p*p]`` of one part."""
+    p = model.config.patch_size
+    feats, targets = [], []
+    for batch in loader:
+        if "present" not in batch:
+            continue
+        maps = {n: batch[n].to(device) for n in inputs}
+        with torch.no_grad(), precision.autocast():
+            feats.append(model.patch_features(maps, inputs).float().cpu())
+        raw = batch[target]
+        if kind == "classes":
+            ids = raw.long()
+            ids = torch.where((ids < 0) | (ids >= num_classes), -1, ids)
+            targets.append(patchify(ids.unsqueeze(1), (p, p)))
+        else:
+            depth = raw.float()
+            targets.append(patchify(depth if depth.dim() == 4 else depth.unsqueeze(1), (p, p)))
+    if not feats:
+        raise UserError("no readable sample in this split; check data.train / data.val / data.test")
+    return torch.cat(feats), torch.cat(targets)
+
+
+def _scores(kind: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    if kind == "classes":
+        pred = logits.unflatten(-1, (-1, num_classes)).argmax(-1)
+        return {"miou": miou(pred.flatten(), target.flatten(), num_classes)}
+    return depth_metrics(logits.exp(), target)
+
+
+def _loss(kind: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    if kind == "classes":
+        return F.cross_entropy(logits.unflatten(-1, (-1, num_classes)).flatten(0, -2), target.flatten(),
+                               ignore_index=-1)
+    valid = torch.isfinite(target) & (target > 0)
+    log_target = torch.where(valid, target.clamp_min(1e-3).log(), torch.zeros_like(target))
+    return ((logits - log_target).abs() * valid).sum() / valid.sum().clamp_min(1)
+
+
+def train_probe(kind: str, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                cfg: ProbeConfig, seed: int = 0) -> dict[str, Any]:
+    """Linear per-patch heads on frozen features; lr and epoch chosen on validation, test scored once."""
+    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts["train"], parts["val"], parts["test"]
+    per_patch = tr_y.shape[-1] * (num_classes if kind == "classes" else 1)
+    key = "miou" if kind == "classes" else "delta1"
+    best: dict[str, Any] | None = None
+    history = []
+    for lr in cfg.lrs:
+        torch.manual_seed(seed)
+        head = torch.nn.Sequential(torch.nn.LayerNorm(tr_x.shape[-1], elementwise_affine=False),
+                                   torch.nn.Linear(tr_x.shape[-1], per_patch))
+        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        generator = torch.Generator().manual_seed(seed)
+        for epoch in range(1, cfg.epochs + 1):
+            head.train()
+            for index in torch.randperm(len(tr_x), generator=generator).split(cfg.batch_size):
+                loss = _loss(kind, head(tr_x[index]), tr_y[index], num_classes)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            head.eval()
+            with torch.no_grad():
+                val = _scores(kind, head(va_x), va_y, num_classes)
+            history.append({"lr": lr, "epoch": epoch, **val})
+            if best is None or val[key] > best["val"][key]:
+                best = {"lr": lr, "epoch": epoch, "val": val,
+                        "state": {k: v.clone() for k, v in head.state_dict().items()}}
+    assert best is not None
+    head.load_state_dict(best["state"])
+    with torch.no_grad():
+        test = _scores(kind, head(te_x), te_y, num_classes)
+    return {"val": best["val"], "test": test, "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
+            "history": history}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run one dense probe as configured in ``configs/multimodal/eval.yaml``; returns the result dict."""
+    if cfg.probe not in PROBES:
+        raise UserError(f"probe {cfg.probe!r}; choose one of {', '.join(PROBES)} (mimx multimodal eval semseg ...)")
+    if cfg.encoder not in ENCODERS:
+        raise UserError(f"encoder={cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    data_cfg = from_mapping(MultiEvalDataConfig, cfg.data, "data")
+    probe_cfg = from_mapping(ProbeConfig, cfg.head, "head")
+    device = pick_device(cfg.device)
+    model = load_multimae(cfg.checkpoint)
+    if cfg.encoder == "random":
+        torch.manual_seed(cfg.seed)
+        model = MultiMAE(model.config)
+    model = model.eval().to(device)
+    inputs = list(to_plain(cfg.inputs))
+    missing = [n for n in inputs if n not in model.inputs]
+    if missing:
+        raise UserError(f"inputs {missing} are not input modalities of this model ({model.inputs})")
+    target = data_cfg.target or cfg.probe
+    kind = "classes" if cfg.probe == "semseg" else "depth"
+    specs = dict(model.specs)
+    if target not in specs:  # a probe target the model never saw (an RGB-only model): read it as well
+        from mimx.modalities.multimodal.model import ModalitySpec
+
+        if kind == "classes" and not cfg.num_classes:
+            raise UserError(f"the model has no {target!r} modality: set num_classes for the probe")
+        specs[target] = ModalitySpec(kind=kind, num_classes=int(cfg.num_classes or 0), loss=None)
+        specs[target].check(target)
+    num_classes = int(cfg.num_classes or (specs[target].num_classes if kind == "classes" else 1))
+    maps = MultiDataConfig(image_size=model.config.img_size, depth_unit=data_cfg.depth_unit, missing="allow")
+    wanted = {n: specs[n] for n in {*inputs, target}}
+    data = EvalData(data_cfg, lambda train: MultiDecoder(maps, wanted, train=False), lambda sample: -1)
+    precision = Precision(cfg.precision, device)
+    set_fused_attention(model, precision.prefers_fused_attention())
+    started = time.perf_counter()
+    parts = {part: _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
+             for part in ("train", "val", "test")}
+    outcome = train_probe(kind, parts, num_classes, probe_cfg, seed=cfg.seed)
+    key = "miou" if kind == "classes" else "delta1"
+    result: dict[str, Any] = {
+        "protocol": f"{cfg.probe}-{'+'.join(inputs)}", "encoder": cfg.encoder, "checkpoint": str(cfg.checkpoint),
+        "checkpoint_step": checkpoint_step(cfg.checkpoint), "inputs": inputs, "target": target,
+        "metric": "mIoU" if kind == "classes" else "delta1",
+        "val_top1": outcome["val"][key], "test_top1": outcome["test"][key], "val": outcome["val"],
+        "test": outcome["test"], "chosen": outcome["chosen"], "history": outcome["history"],
+        "train_samples": len(parts["train"][0]), "val_samples": len(parts["val"][0]),
+        "test_samples": len(parts["test"][0]), "data": asdict(data_cfg), "head": asdict(probe_cfg),
+        "seconds": round(time.perf_counter() - started, 1), "skipped": data.skips.state_dict(),
+        "model": model.config.name}
+    write_result(cfg, result)
+    return result

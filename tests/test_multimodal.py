@@ -1,0 +1,309 @@
+"""MultiMAE: Dirichlet budget masking, adapters, losses, a fourth modality from config, data, shards, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mimx.cli import main
+from mimx.config import UserError, compose
+from mimx.masking import group_budget_mask, sample_dirichlet, split_budget
+from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder, multi_stream
+from mimx.modalities.multimodal.model import MultiMAE, multimae_config, standardize_depth
+from mimx.modalities.multimodal.pretrain import pretrain
+from mimx.train.checkpoint import load
+
+SIZES = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1,
+             decoder_heads=2, num_visible=12)
+
+
+def tiny(**overrides) -> MultiMAE:
+    torch.manual_seed(0)
+    return MultiMAE(multimae_config({**SIZES, **overrides}))
+
+
+def batch(b: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(b, 1, 32, 32, generator=g) * 4 + 0.5
+    depth[0, 0, :8] = float("nan")
+    depth[1, 0, :, :4] = 0
+    depth[2, 0, 5, 5] = float("inf")
+    return {"rgb": torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8), "depth": depth,
+            "semseg": torch.randint(0, 8, (b, 32, 32), generator=g)}
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_budget_split_is_exact_capped_and_follows_the_weights():
+    weights = sample_dirichlet(500, 1.0, 3, generator=torch.Generator().manual_seed(0))
+    counts = split_budget(weights, [16, 16, 16], 20)
+    assert (counts.sum(1) == 20).all() and (counts <= 16).all() and (counts >= 0).all()
+    assert (counts - weights * 20).abs().max() <= 4 + 1e-6  # only capping moves a count by more than 1
+    uncapped = (weights * 20 < 15).all(1)
+    assert (counts[uncapped] - weights[uncapped] * 20).abs().max() < 1 + 1e-6
+    # Dirichlet(1) over 3 groups: each group averages a third of the budget
+    assert (counts.float().mean(0) - 20 / 3).abs().max() < 0.6
+    # a group with weight 0 gets nothing while the weighted ones have room, and never past its cap
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    assert split_budget(weights, [16, 16, 16], 20).tolist() == [[10, 10, 0], [2, 16, 2]]
+    caps = torch.tensor([[16, 16, 16], [16, 16, 0]])  # sample 1 lacks group 2
+    assert split_budget(weights, caps, 20).tolist() == [[10, 10, 0], [4, 16, 0]]
+    with pytest.raises(UserError, match="visible"):
+        split_budget(weights, [4, 4, 4], 20)
+
+
+def test_dirichlet_weights_respect_presence_and_are_seeded():
+    present = torch.tensor([[True, False, True], [False, True, False]])
+    a = sample_dirichlet(2, 0.5, 3, present=present, generator=torch.Generator().manual_seed(3))
+    b = sample_dirichlet(2, 0.5, 3, present=present, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+    assert (a[~present] == 0).all() and torch.allclose(a.sum(1), torch.ones(2))
+    state = torch.random.get_rng_state()
+    sample_dirichlet(4, 1.0, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state, torch.random.get_rng_state())  # the global stream is untouched
+
+
+def test_group_mask_keeps_the_counted_tokens_per_group():
+    counts = torch.tensor([[5, 0, 7], [1, 10, 1]])
+    noise = torch.rand(2, 48, generator=torch.Generator().manual_seed(1))
+    mask = group_budget_mask([16, 16, 16], counts, noise=noise)
+    visible = ~mask.mask
+    for g in range(3):
+        assert visible[:, 16 * g:16 * (g + 1)].sum(1).tolist() == counts[:, g].tolist()
+    assert mask.ids_keep.shape == (2, 12)
+    assert torch.equal(mask.mask.gather(1, mask.ids_keep), torch.zeros(2, 12, dtype=torch.bool))
+    # within a group, the lowest-noise tokens are the visible ones
+    for b in range(2):
+        chosen = noise[b, :16][visible[b, :16]]
+        others = noise[b, :16][~visible[b, :16]]
+        assert chosen.max() < others.min()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_forward_counts_losses_and_invalid_depth():
+    model = tiny()
+    out = model(batch(), generator=torch.Generator().manual_seed(0))
+    assert (~out.mask.mask).sum(1).tolist() == [12, 12, 12] and out.counts.sum(1).tolist() == [12, 12, 12]
+    assert set(out.losses) == {"rgb", "depth", "semseg"} and torch.isfinite(out.loss)
+    assert out.preds["semseg"].shape == (3, 16, 64 * 8) and out.preds["depth"].shape == (3, 16, 64)
+    out.loss.backward()
+    std, valid = standardize_depth(batch()["depth"])
+    assert not valid[0, 0, :8].any() and not valid[1, 0, :, :4].any() and not valid[2, 0, 5, 5]
+    assert torch.isfinite(std).all() and (std[~valid] == 0).all()
+
+
+def test_depth_loss_ignores_invalid_pixels_and_visible_patches():
+    model = tiny()
+    data = batch()
+    pred = torch.zeros(3, 16, 64)
+    hidden = torch.zeros(3, 16, dtype=torch.bool)
+    hidden[:, :2] = True  # the first two patches: rows 0-7, columns 0-15
+    target, valid = model.target("depth", data["depth"])
+    expected = (target.abs() * (valid & hidden[..., None])).sum() / (valid & hidden[..., None]).sum()
+    torch.testing.assert_close(model.task_loss("depth", pred, data["depth"], hidden), expected)
+    # sample 0 has no valid pixel in those patches (NaN rows): changing its prediction there changes nothing
+    pred2 = pred.clone()
+    pred2[0, :2] = 100.0
+    torch.testing.assert_close(model.task_loss("depth", pred2, data["depth"], hidden), expected)
+
+
+def test_segmentation_loss_ignores_out_of_range_ids():
+    model = tiny(modalities={"rgb": {"kind": "pixels"}, "semseg": {"kind": "classes", "num_classes": 4}})
+    ids = torch.full((1, 32, 32), 255)
+    ids[0, :8, :8] = 2
+    ids[0, :8, 8:16] = 9  # beyond the class count: ignored
+    logits = torch.zeros(1, 16, 64, 4)
+    logits[..., 2] = 5.0
+    hidden = torch.ones(1, 16, dtype=torch.bool)
+    expected = torch.nn.functional.cross_entropy(torch.tensor([[0.0, 0, 5, 0]]), torch.tensor([2]))
+    torch.testing.assert_close(model.task_loss("semseg", logits.flatten(2), ids, hidden), expected)
+
+
+def test_a_fourth_modality_and_a_target_only_task_are_config_entries():
+    modalities = {"rgb": {"kind": "pixels", "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3},
+                  "depth": {"kind": "depth"},
+                  "normals": {"kind": "pixels", "channels": 3, "loss": "l1", "weight": 0.5},
+                  "grey": {"kind": "pixels", "channels": 1, "input": False, "loss": "l1"}}
+    model = tiny(modalities=modalities)
+    data = batch()
+    data["normals"] = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    data["grey"] = data["rgb"].float().mean(1, keepdim=True).round().to(torch.uint8)
+    out = model(data, generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == {"rgb", "depth", "normals", "grey"}
+    assert model.inputs == ["rgb", "depth", "normals"] and out.mask.mask.shape == (3, 48)
+    expected = sum(model.specs[n].weight * out.losses[n] for n in out.losses)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_absent_modalities_get_no_tokens_and_no_loss():
+    model = tiny()
+    present = torch.tensor([[True, False, True], [True, True, False], [True, True, True]])
+    out = model(batch(), present=present, generator=torch.Generator().manual_seed(0))
+    assert out.counts[0, 1] == 0 and out.counts[1].sum() == 12
+    data = batch()
+    data["depth"][0] = 123.0  # an absent map's values cannot change the loss
+    again = model(data, present=present, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.losses["depth"], again.losses["depth"])
+
+
+def test_encode_any_subset_of_inputs():
+    model = tiny().eval()
+    data = batch()
+    assert model.encode({"rgb": data["rgb"]}).shape == (3, 17, 32)
+    assert model.encode(data).shape == (3, 49, 32)
+    assert model.patch_features({"depth": data["depth"]}).shape == (3, 16, 32)
+    with pytest.raises(UserError, match="not input"):
+        model.encode(data, ["normals"])
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from mimx.datasets.scenes import build_real, build_scenes
+
+    out = tmp_path_factory.mktemp("scenes")
+    build_scenes(out / "scenes", {"train": 48, "val": 8, "test": 8}, size=48)
+    build_real(out / "real")
+    return out
+
+
+def test_real_rgbd_samples_decode_with_holes_and_missing_maps(scenes):
+    specs = tiny(modalities={"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"},
+                             "semseg": {"kind": "classes", "num_classes": 41}}).specs
+    cfg = MultiDataConfig(shards=f"{scenes}/real/arc2017::{scenes}/real/voc::{scenes}/real/motorcycle", image_size=32,
+                          shuffle=0)
+    items = [b for b in multi_stream(cfg, MultiDecoder(cfg, specs, train=False), batch_size=1, epochs=1)
+             if "present" in b]
+    assert len(items) == 3
+    present = {tuple(item["present"][0].tolist()) for item in items}
+    assert present == {(True, True, True), (True, False, True), (True, True, False)}
+    arc = next(i for i in items if i["present"][0].all())
+    assert torch.isnan(arc["depth"]).any() and torch.nanmean(arc["depth"]) > 0.3  # metres, with holes
+    assert arc["semseg"].max() < 41
+    skip = MultiDataConfig(shards=cfg.shards, image_size=32, shuffle=0, missing="skip")
+    batches = list(multi_stream(skip, MultiDecoder(skip, specs, train=False), batch_size=4, epochs=1))
+    assert sum(len(b.get("present", [])) for b in batches) == 1
+    assert sum(len(b["_skips"]) for b in batches) == 2
+
+
+def test_maps_of_different_sizes_are_skipped_with_a_message(tmp_path):
+    def png(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    with tarfile.open(tmp_path / "x-000000.tar", "w") as tar:
+        for key, rgb_hw, depth_hw in (("good", (40, 40), (40, 40)), ("bad", (40, 40), (20, 20))):
+            for name, data in ((f"{key}.rgb.png", png(np.zeros((*rgb_hw, 3), np.uint8))),
+                               (f"{key}.depth.png", png(np.full(depth_hw, 1500, np.uint16)))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    specs = tiny(modalities={"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"}}).specs
+    cfg = MultiDataConfig(shards=str(tmp_path), image_size=32, shuffle=0)
+    batches = list(multi_stream(cfg, MultiDecoder(cfg, specs, train=True), batch_size=4, epochs=1))
+    assert sum(len(b.get("present", [])) for b in batches) == 1
+    skips = [s for b in batches for s in b["_skips"]]
+    assert len(skips) == 1 and "different sizes" in skips[0]
+    good = next(b for b in batches if "present" in b)
+    torch.testing.assert_close(good["depth"], torch.full((1, 1, 32, 32), 1.5))  # mm PNG -> metres
+
+
+def test_train_crops_and_flips_keep_the_maps_aligned(scenes):
+    specs = tiny(modalities={"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"},
+                             "semseg": {"kind": "classes", "num_classes": 6}}).specs
+    cfg = MultiDataConfig(shards=f"{scenes}/scenes/train", image_size=32, hflip=1.0, shuffle=0)
+    batch_ = next(iter(multi_stream(cfg, MultiDecoder(cfg, specs, train=True), batch_size=8, epochs=1)))
+    # floor (class 0) lies below the wall (class 1) in every generated scene, and is nearer the camera
+    for ids, depth in zip(batch_["semseg"], batch_["depth"][:, 0], strict=True):
+        floor, wall = ids == 0, ids == 1
+        if floor.any() and wall.any():
+            assert depth[floor].median() < depth[wall].median()
+
+
+def test_shards_command_from_aligned_folders(tmp_path, capsys):
+    src = tmp_path / "train"
+    for modality in ("rgb", "depth", "semseg"):
+        for cls in ("kitchen", "office"):
+            (src / modality / cls).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for cls in ("kitchen", "office"):
+        for stem in ("a", "b"):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(src / "rgb" / cls / f"{stem}.jpg")
+            np.save(src / "depth" / cls / f"{stem}.npy", rng.random((24, 24)).astype(np.float32))
+            if stem == "a":
+                Image.fromarray(rng.integers(0, 5, (24, 24), dtype=np.uint8)).save(src / "semseg" / cls / "a.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(src / "semseg" / "office" / "b.png")  # wrong size
+    out = tmp_path / "shards"
+    assert main(["multimodal", "shards", str(src), str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 3 aligned samples (2 classes)" in captured.out and "differ in size" in captured.err
+    assert json.loads((out / "classes.json").read_text()) == ["kitchen", "office"]
+    specs = tiny(modalities={"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"},
+                             "semseg": {"kind": "classes", "num_classes": 5}}).specs
+    cfg = MultiDataConfig(shards=str(out), image_size=16, shuffle=0)
+    got = next(iter(multi_stream(cfg, MultiDecoder(cfg, specs, train=False), batch_size=3, epochs=1)))
+    assert got["present"].sum(0).tolist() == [3, 3, 2]  # one sample has no segmentation map
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _overrides(run_dir: Path, scenes: Path, *extra: str) -> list[str]:
+    return ["data.image_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+            "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2", "model.num_visible=12",
+            f"data.shards={scenes}/scenes/train", "data.num_workers=2", "data.shuffle=16", "train.batch_size=8",
+            "train.log_every=2", "train.ckpt_every=3", "train.figure_every=3", "train.warmup_steps=1",
+            "train.lr=2e-3", "train.progress=false", "train.precision=fp32", f"run.dir={run_dir}", *extra]
+
+
+def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(straight, scenes, "train.steps=6")))
+    pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(resumed, scenes, "train.steps=6",
+                                                                        "train.stop_at_step=3")))
+    assert load(resumed / "checkpoints" / "last.pt")["step"] == 3
+    pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(resumed, scenes, "train.steps=6")))
+    a, b = load(straight / "checkpoints" / "last.pt")["model"], load(resumed / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert (resumed / "figures" / "step-0000006.png").exists()
+
+    png = tmp_path / "view.png"
+    figures = []
+    for _ in range(2):
+        assert main(["multimodal", "visualize", str(resumed), f"{scenes}/scenes/test", "--out", str(png),
+                     "--num", "2", "--inputs", "rgb"]) == 0
+        figures.append(png.read_bytes())
+    assert figures[0] == figures[1]
+
+    common = [f"checkpoint={resumed}", f"data.train={scenes}/scenes/train", f"data.val={scenes}/scenes/val",
+              f"data.test={scenes}/scenes/test", "data.num_workers=1", "head.epochs=2", "head.lrs=[0.01]"]
+    assert main(["multimodal", "eval", "semseg", *common]) == 0
+    result = json.loads((resumed / "eval-semseg-rgb-pretrained.json").read_text())
+    assert result["train_samples"] == 48 and result["val_samples"] == 8 and 0 <= result["test"]["miou"] <= 100
+    assert main(["multimodal", "eval", "depth", "inputs=[rgb,depth]", "encoder=random", *common]) == 0
+    result = json.loads((resumed / "eval-depth-rgb+depth-random.json").read_text())
+    assert 0 <= result["test"]["delta1"] <= 100 and result["test"]["abs_rel"] >= 0
+
+
+def test_loss_falls_on_generated_scenes(scenes, tmp_path):
+    run_dir = tmp_path / "run"
+    pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(run_dir, scenes, "train.steps=30",
+                                                                        "train.figure_every=0", "train.ckpt_every=0")))
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    column = rows[0].index("loss")
+    losses = [float(r[column]) for r in rows[1:] if len(r) > column and r[column]]
+    assert losses[-1] < 0.7 * losses[0], losses
