@@ -3,11 +3,12 @@
 #   make demo   create .venv, build the embedded sample shards, pretrain a small image MAE on them
 #   make demo-video  the same for a small VideoMAE on the embedded real clips
 #   make demo-points the same for a small Point-MAE on clouds sampled from the embedded real meshes
+#   make demo-multimodal the same for a small MultiMAE on generated RGB / depth / segmentation scenes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup samples test lint demo demo-video demo-points clean
+.PHONY: setup samples test lint demo demo-video demo-points demo-multimodal clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,7 @@ samples: setup
 	$(BIN)/python -m mimx.datasets.samples data/samples
 	$(BIN)/python -m mimx.datasets.video_samples data/samples
 	$(BIN)/python -m mimx.datasets.shapes data/samples/point_clouds --source pymeshlab --train 32 --val 8 --test 8 --overwrite
+	$(BIN)/python -m mimx.datasets.scenes data/samples --train 400 --val 50 --test 100 --overwrite
 
 lint: setup
 	$(BIN)/ruff check .
@@ -35,6 +37,9 @@ demo-video: samples
 
 demo-points: samples
 	$(BIN)/mimx points pretrain experiment=demo
+
+demo-multimodal: samples
+	$(BIN)/mimx multimodal pretrain experiment=demo
 
 clean:
 	rm -rf $(VENV) data/samples runs

@@ -7,6 +7,7 @@
     python tools/benchmark.py peak
     python tools/benchmark.py point-ops [--clouds 32] [--points 1024] [--centres 64] [--k 32] [--threads 2]
     python tools/benchmark.py point-step [--model small] [--batch 32] [--precisions fp32,bf16]
+    python tools/benchmark.py multimodal-step [--model tiny] [--image 64] [--patch 8] [--batch 32]
 
 ``step``: train-step throughput (forward, backward, AdamW) and peak memory of
 mimx's MAE against transformers' ``ViTMAEForPreTraining`` with the same
@@ -23,6 +24,8 @@ each available backend of ``mimx.modalities.points.ops``, against naive peers (`
 a Chamfer distance with autograd through the full ``cdist`` matrix).
 ``point-step``: Point-MAE train steps per second per precision and ops backend, and the part of it spent
 grouping (FPS + kNN). No installable peer exists (the reference needs custom CUDA extensions).
+``multimodal-step``: MultiMAE on RGB + depth + segmentation against mimx's image MAE on one image with the
+same total token count, visible count, encoder and decoder width, fp32 and bf16.
 Results go in docs/benchmarks.md with the command that produced them.
 """
 
@@ -499,6 +502,74 @@ def point_step_row(args: argparse.Namespace, precision_name: str, backend: str, 
             f"{float(losses[0]):.5f} |")
 
 
+def cmd_multimodal_step(args: argparse.Namespace) -> None:
+    """MultiMAE (RGB + depth + segmentation) train step against an image MAE with the same tokens and encoder."""
+    from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
+    from mimx.modalities.multimodal.model import MultiMAE, multimae_config
+    from mimx.train.precision import Precision
+    from mimx.transformer import set_fused_attention
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    width, depth, heads = PRESET_SIZES[args.model]
+    s, p, b = args.image, args.patch, args.batch
+    grid = (s // p) ** 2
+    visible = int(3 * grid * (1 - args.mask_ratio))
+    gen = torch.Generator().manual_seed(0)
+    maps = {"rgb": torch.randint(0, 256, (b, 3, s, s), generator=gen, dtype=torch.uint8).to(device),
+            "depth": (torch.rand(b, 1, s, s, generator=gen) * 5 + 0.5).to(device),
+            "semseg": torch.randint(0, 40, (b, s, s), generator=gen).to(device)}
+    wide = torch.randn(b, 3, s, 3 * s, generator=gen).to(device)  # one image with the same 3 x grid tokens
+
+    def build(impl: str) -> tuple[torch.nn.Module, object]:
+        torch.manual_seed(0)
+        if impl == "multimae":
+            modalities = {"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"},
+                          "semseg": {"kind": "classes", "num_classes": 40}}
+            model = MultiMAE(multimae_config(img_size=s, patch_size=p, embed_dim=width, depth=depth, num_heads=heads,
+                                             decoder_dim=args.decoder_dim, decoder_depth=2, decoder_heads=8,
+                                             num_visible=visible, modalities=modalities))
+            noise = torch.rand(b, 3 * grid, generator=torch.Generator().manual_seed(1)).to(device)
+            weights = torch.full((b, 3), 1 / 3)
+            return model, lambda m, dtype: m(maps, noise=noise, weights=weights).loss
+        config = ImageMAEConfig(img_size=[s, 3 * s], patch_size=p, embed_dim=width, depth=depth, num_heads=heads,
+                                decoder_dim=args.decoder_dim, decoder_depth=2, decoder_heads=8,
+                                masking={"kind": "random", "ratio": args.mask_ratio})
+        model = ImageMAE(config)
+        noise = torch.rand(b, 3 * grid, generator=torch.Generator().manual_seed(1)).to(device)
+        return model, lambda m, dtype: m(wide.to(dtype), noise=noise).loss
+
+    print(f"# MultiMAE vs image MAE train step: ViT-{args.model[0].upper()} encoder, {3 * grid} tokens "
+          f"(3 modalities x {grid} / one {s}x{3 * s} image), {visible} visible, decoders {args.decoder_dim} x 2, "
+          f"batch {b}; device {device}, threads {args.threads or torch.get_num_threads()}; ms per step, median of "
+          f"{args.repeats} after 1 warm-up")
+    print("| precision | model | ms per step | samples/s | / image MAE |")
+    print("|---|---|---|---|---|")
+    for precision_name in args.precisions:
+        times = {}
+        for impl in ("image-mae", "multimae"):
+            model, call = build(impl)
+            model.to(device)
+            precision = Precision(precision_name, device)
+            set_fused_attention(model, precision.prefers_fused_attention())
+            precision.attach(model)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            times[impl] = median_ms(lambda m=model, c=call, o=optimizer, pr=precision: _train_step(m, c, o, pr),
+                                    device, args.repeats)
+        for impl, ms in times.items():
+            print(f"| {precision.label()} | {impl} | {ms:.0f} | {1e3 * b / ms:.1f} | "
+                  f"{times['image-mae'] / ms:.2f}x |")
+
+
+def _train_step(model, call, optimizer, precision) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    with precision.autocast():
+        loss = call(model, precision.input_dtype)
+    loss.backward()
+    optimizer.step()
+
+
 def cmd_peak(args: argparse.Namespace) -> None:
     device = device_of(args.device)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -565,6 +636,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("multimodal-step")
+    p.add_argument("--model", default="tiny", choices=list(PRESET_SIZES))
+    p.add_argument("--image", type=int, default=64)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--decoder-dim", type=int, default=128)
+    p.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
     args = parser.parse_args()
     if getattr(args, "mask_ratio", 0.0) is None:
         args.mask_ratio = 0.9 if args.modality == "video" else 0.75
@@ -572,7 +654,8 @@ def main() -> None:
         print(json.dumps(measure_step(args)))
     else:
         {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak,
-         "point-ops": cmd_point_ops, "point-step": cmd_point_step}[args.cmd](args)
+         "point-ops": cmd_point_ops, "point-step": cmd_point_step,
+         "multimodal-step": cmd_multimodal_step}[args.cmd](args)
 
 
 if __name__ == "__main__":

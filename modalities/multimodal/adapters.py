@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimx.masking import Mask, gather_tokens
@@ -50,20 +51,43 @@ class InputAdapter(nn.Module):
         return tokens + pos + self.modality_embed.to(tokens.dtype)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries to a context; ``fused_attn`` switches SDPA / matmul + softmax like timm's."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fused_attn = True
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, n, d = queries.shape
+        q = self.q(queries).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
 class CrossBlock(nn.Module):
     """Pre-norm cross-attention of queries to context tokens, then an MLP (MultiMAE's output adapter block)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm_q, self.norm_ctx = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attn = CrossAttention(dim, heads)
         self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        ctx = self.norm_ctx(context)
-        x = queries + self.attn(self.norm_q(queries), ctx, ctx, need_weights=False)[0]
+        x = queries + self.attn(self.norm_q(queries), self.norm_ctx(context))
         return x + self.mlp(self.norm_mlp(x))
 
 

@@ -9,7 +9,6 @@ else a split carved from ``data.train``); the test shards are scored once. See :
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,15 +56,14 @@ class PointEvalDataConfig(EvalSplitConfig):
     label_key: str = "cls"
 
 
-def point_eval_data(cfg: PointEvalDataConfig, mae: PointMAE) -> tuple[EvalData, PointDataConfig]:
-    """Train / val / test loaders of labelled cloud shards at the model's cloud size."""
+def point_eval_data(cfg: PointEvalDataConfig, mae: PointMAE, votes: int) -> EvalData:
+    """Train / val / test loaders of labelled cloud shards at the model's cloud size, ``votes`` views when scoring."""
     clouds = PointDataConfig(num_points=mae.config.num_points, max_points=cfg.max_points, mesh_points=cfg.mesh_points,
                              sample=cfg.sample, scale=list(cfg.scale), translate=cfg.translate,
-                             rotate_up=cfg.rotate_up, up_axis=cfg.up_axis, test_votes=cfg.test_votes,
-                             label_key=cfg.label_key)
+                             rotate_up=cfg.rotate_up, up_axis=cfg.up_axis, test_votes=votes, label_key=cfg.label_key)
     clouds.validate()
     key = cfg.label_key
-    return EvalData(cfg, lambda train: PointDecoder(clouds, train=train), lambda s: read_label(s, key)), clouds
+    return EvalData(cfg, lambda train: PointDecoder(clouds, train=train), lambda s: read_label(s, key))
 
 
 def _load(cfg: DictConfig) -> PointMAE:
@@ -87,18 +85,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     mae = _load(cfg)
-    data, clouds = point_eval_data(data_cfg, mae)
+    frozen = protocol in ("svm", "linear", "knn")  # frozen features come from the plain cloud: one view
+    data = point_eval_data(data_cfg, mae, 1 if frozen else data_cfg.test_votes)
     started = time.perf_counter()
     result: dict[str, Any] = {"protocol": protocol, "encoder": encoder_kind, "checkpoint": str(cfg.checkpoint),
                               "checkpoint_step": checkpoint_step(cfg.checkpoint), "data": asdict(data_cfg)}
 
-    if protocol in ("svm", "linear", "knn"):
+    if frozen:
         precision = Precision(cfg.precision, device)
         encoder = mae.to(device)
         set_fused_attention(encoder, precision.prefers_fused_attention())
         precision.attach(encoder)
-        frozen = dataclasses.replace(clouds, test_votes=1)
-        data.make_decoder = lambda train: PointDecoder(frozen, train=False)
 
         def featurize(batch: dict) -> torch.Tensor:
             x = batch["points"][:, 0].to(device, precision.input_dtype)
