@@ -297,6 +297,10 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
     assert main(["multimodal", "eval", "depth", "inputs=[rgb,depth]", "encoder=random", *common]) == 0
     result = json.loads((resumed / "eval-depth-rgb+depth-random.json").read_text())
     assert 0 <= result["test"]["delta1"] <= 100 and result["test"]["abs_rel"] >= 0
+    assert main(["multimodal", "eval", "semseg", "inputs=[depth]", *common, "head.finetune=true", "head.epochs=1",
+                 "head.batch_size=16"]) == 0
+    result = json.loads((resumed / "eval-semseg-finetune-depth-pretrained.json").read_text())
+    assert result["chosen"]["epoch"] == 1 and 0 <= result["test"]["miou"] <= 100
 
 
 def test_loss_falls_on_generated_scenes(scenes, tmp_path):

@@ -46,6 +46,8 @@ class ProbeConfig:
     epochs: int = 30
     batch_size: int = 64
     weight_decay: float = 1e-4
+    finetune: bool = False  # train the encoder (and the inputs' adapters) with the head, on augmented crops
+    finetune_lr: float = 3e-4  # fine-tuning: one lr for encoder and head; the epoch is chosen on validation
 
 
 def load_multimae(path: str) -> MultiMAE:
@@ -82,17 +84,20 @@ def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str,
         maps = {n: batch[n].to(device) for n in inputs}
         with torch.no_grad(), precision.autocast():
             feats.append(model.patch_features(maps, inputs).float().cpu())
-        raw = batch[target]
-        if kind == "classes":
-            ids = raw.long()
-            ids = torch.where((ids < 0) | (ids >= num_classes), -1, ids)
-            targets.append(patchify(ids.unsqueeze(1), (p, p)))
-        else:
-            depth = raw.float()
-            targets.append(patchify(depth if depth.dim() == 4 else depth.unsqueeze(1), (p, p)))
+        targets.append(_patch_targets(batch[target], kind, num_classes, p))
     if not feats:
         raise UserError("no readable sample in this split; check data.train / data.val / data.test")
     return torch.cat(feats), torch.cat(targets)
+
+
+def _patch_targets(raw: torch.Tensor, kind: str, num_classes: int, patch: int) -> torch.Tensor:
+    """Per-patch probe targets ``[B, L, p*p]``: class ids (-1 ignored) or depth in metres (NaN invalid)."""
+    if kind == "classes":
+        ids = raw.long()
+        ids = torch.where((ids < 0) | (ids >= num_classes), -1, ids)
+        return patchify(ids.unsqueeze(1), (patch, patch))
+    depth = raw.float()
+    return patchify(depth if depth.dim() == 4 else depth.unsqueeze(1), (patch, patch))
 
 
 def _scores(kind: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -121,8 +126,7 @@ def train_probe(kind: str, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], 
     history = []
     for lr in cfg.lrs:
         torch.manual_seed(seed)
-        head = torch.nn.Sequential(torch.nn.LayerNorm(tr_x.shape[-1], elementwise_affine=False),
-                                   torch.nn.Linear(tr_x.shape[-1], per_patch))
+        head = _head(tr_x.shape[-1], per_patch)
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, cfg.epochs + 1):
@@ -145,6 +149,55 @@ def train_probe(kind: str, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], 
         test = _scores(kind, head(te_x), te_y, num_classes)
     return {"val": best["val"], "test": test, "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
             "history": history}
+
+
+def _head(dim: int, per_patch: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.LayerNorm(dim, elementwise_affine=False), torch.nn.Linear(dim, per_patch))
+
+
+def finetune_dense(model: MultiMAE, kind: str, data: EvalData, inputs: list[str], target: str, num_classes: int,
+                   cfg: ProbeConfig, device: torch.device, precision: Precision, seed: int = 0) -> dict[str, Any]:
+    """Encoder + per-patch head trained end to end from ``inputs``; the epoch is chosen on validation."""
+    p = model.config.patch_size
+    head = _head(model.config.embed_dim, p * p * (num_classes if kind == "classes" else 1)).to(device)
+    trained = [*model.encoder.parameters(), *head.parameters()]
+    trained += [q for name in inputs for q in model.input_adapters[name].parameters()]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+    key = "miou" if kind == "classes" else "delta1"
+    torch.manual_seed(seed)
+    best, history = None, []
+
+    def score(part: str) -> dict[str, float]:
+        model.eval()
+        feats, targets = _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
+        head.eval()
+        with torch.no_grad():
+            logits = torch.cat([head(chunk.to(device)).float().cpu() for chunk in feats.split(256)])
+        return _scores(kind, logits, targets, num_classes)
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        head.train()
+        for batch in data.batches("train", train_transform=True, batch_size=cfg.batch_size, seed=seed + epoch):
+            if "present" not in batch:
+                continue
+            maps = {n: batch[n].to(device) for n in inputs}
+            targets = _patch_targets(batch[target], kind, num_classes, p)
+            with precision.autocast():
+                logits = head(model.patch_features(maps, inputs)).float()
+            loss = _loss(kind, logits, targets.to(device), num_classes)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        val = score("val")
+        history.append({"epoch": epoch, **val})
+        if best is None or val[key] > best["val"][key]:
+            best = {"epoch": epoch, "val": val, "model": {k: v.clone() for k, v in model.state_dict().items()},
+                    "head": {k: v.clone() for k, v in head.state_dict().items()}}
+    assert best is not None
+    model.load_state_dict(best["model"])
+    head.load_state_dict(best["head"])
+    return {"val": best["val"], "test": score("test"), "chosen": {"epoch": best["epoch"]}, "history": history}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -178,22 +231,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     num_classes = int(cfg.num_classes or (specs[target].num_classes if kind == "classes" else 1))
     maps = MultiDataConfig(image_size=model.config.img_size, depth_unit=data_cfg.depth_unit, missing="allow")
     wanted = {n: specs[n] for n in {*inputs, target}}
-    data = EvalData(data_cfg, lambda train: MultiDecoder(maps, wanted, train=False), lambda sample: -1)
+    data = EvalData(data_cfg, lambda train: MultiDecoder(maps, wanted, train=train), lambda sample: -1)
     precision = Precision(cfg.precision, device)
     set_fused_attention(model, precision.prefers_fused_attention())
     started = time.perf_counter()
-    parts = {part: _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
-             for part in ("train", "val", "test")}
-    outcome = train_probe(kind, parts, num_classes, probe_cfg, seed=cfg.seed)
+    if probe_cfg.finetune:
+        outcome = finetune_dense(model, kind, data, inputs, target, num_classes, probe_cfg, device, precision,
+                                 seed=cfg.seed)
+        sizes = {part: data.count(part) for part in ("train", "val", "test")}
+    else:
+        parts = {part: _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
+                 for part in ("train", "val", "test")}
+        outcome = train_probe(kind, parts, num_classes, probe_cfg, seed=cfg.seed)
+        sizes = {part: len(parts[part][0]) for part in parts}
     key = "miou" if kind == "classes" else "delta1"
     result: dict[str, Any] = {
-        "protocol": f"{cfg.probe}-{'+'.join(inputs)}", "encoder": cfg.encoder, "checkpoint": str(cfg.checkpoint),
+        "protocol": f"{cfg.probe}{'-finetune' if probe_cfg.finetune else ''}-{'+'.join(inputs)}",
+        "encoder": cfg.encoder, "checkpoint": str(cfg.checkpoint),
         "checkpoint_step": checkpoint_step(cfg.checkpoint), "inputs": inputs, "target": target,
         "metric": "mIoU" if kind == "classes" else "delta1",
         "val_top1": outcome["val"][key], "test_top1": outcome["test"][key], "val": outcome["val"],
         "test": outcome["test"], "chosen": outcome["chosen"], "history": outcome["history"],
-        "train_samples": len(parts["train"][0]), "val_samples": len(parts["val"][0]),
-        "test_samples": len(parts["test"][0]), "data": asdict(data_cfg), "head": asdict(probe_cfg),
+        "train_samples": sizes["train"], "val_samples": sizes["val"], "test_samples": sizes["test"],
+        "data": asdict(data_cfg), "head": asdict(probe_cfg),
         "seconds": round(time.perf_counter() - started, 1), "skipped": data.skips.state_dict(),
         "model": model.config.name}
     write_result(cfg, result)
