@@ -156,6 +156,17 @@ def test_absent_modalities_get_no_tokens_and_no_loss():
     torch.testing.assert_close(out.losses["depth"], again.losses["depth"])
 
 
+def test_dropped_inputs_get_no_tokens_but_are_still_reconstructed():
+    model = tiny(drop_inputs=0.6, num_visible=12)
+    out = model(batch(8), generator=torch.Generator().manual_seed(5))
+    zero = out.counts == 0
+    assert zero.any() and (out.counts.sum(1) == 12).all()  # some inputs withheld, budget still exact
+    assert set(out.losses) == {"rgb", "depth", "semseg"}  # every target still scored
+    big = tiny(drop_inputs=0.9, num_visible=40)  # one modality (16 tokens) cannot hold 40 visible tokens
+    out = big(batch(8), generator=torch.Generator().manual_seed(5))
+    assert ((out.counts > 0).sum(1) >= 3).all() and (out.counts.sum(1) == 40).all()
+
+
 def test_encode_any_subset_of_inputs():
     model = tiny().eval()
     data = batch()

@@ -252,7 +252,9 @@ class MultiMAE(nn.Module):
             draw_gen = torch.Generator().manual_seed(seed) if seed is not None else None
             drop = torch.rand(batch, groups, generator=draw_gen) < c.drop_inputs
             keep = present & ~drop
-            present = torch.where(keep.any(1, keepdim=True), keep, present)
+            # a sample keeps its drawn subset only if that still holds the visible budget
+            enough = keep.sum(1, keepdim=True) * c.grid[0] * c.grid[1] >= c.num_visible
+            present = torch.where(enough, keep, present)
         if weights is None:
             weights = sample_dirichlet(batch, c.alpha, groups, present=present, generator=generator)
         else:  # only modalities a sample has (and kept) share its budget
