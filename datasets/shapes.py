@@ -10,6 +10,9 @@ modelled meshes that install from packages:
   dinosaur, diplodocus, elephant, elk, hand, head, homer, kitten, lion, man, devil mannequin,
   mushroom, pig, triceratops, turbine: 20 more.
 
+pyvista's example meshes (airplane, ant, ...) are left out: pyvista pulls in VTK (hundreds of MB) for
+files a few kB long.
+
 Class = object. Every instance is a fresh draw from the object's surface (area-weighted uniform
 samples) under a random pose and degradation, the kind of variation scans of one object show:
 
