@@ -8,7 +8,8 @@ ACTIONS = {
     "shards": Action("write aligned folders (SRC/<modality>/<class>/<file>) as tar shards",
                      "mimx.modalities.multimodal.shards:main"),
     "eval": Action("dense probes from any input subset, frozen or fine-tuned (head.finetune=true): semseg (mIoU) "
-                   "or depth (delta1, abs-rel)", "mimx.modalities.multimodal.evaluate:evaluate", config="eval", positional="probe"),
+                   "or depth (delta1, abs-rel)", "mimx.modalities.multimodal.evaluate:evaluate", config="eval",
+                   positional="probe"),
     "visualize": Action("per-modality input / masked / prediction figure from a checkpoint and shards",
                         "mimx.modalities.multimodal.visualize:main"),
 }
