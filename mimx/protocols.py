@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,10 @@ from mimx.data.shards import expand_shards
 from mimx.data.split import FilteredDecoder, SplitFilter, count_kept
 from mimx.data.stream import Decoder, MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
 from mimx.evaluation import accuracy, knn_predict, train_linear_probe
+from mimx.train.finetune import FinetuneConfig, finetune, predict
 from mimx.train.metrics import MetricsLog
+from mimx.train.precision import Precision
+from mimx.transformer import set_fused_attention
 
 
 @dataclass
@@ -162,6 +165,52 @@ def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]],
     if not feats:
         raise UserError("no labelled sample in this split; check data.val_fraction and the shards")
     return torch.cat(feats), torch.cat(labels)
+
+
+def check_choice(value: str, choices: Sequence[str], key: str, usage: str = "") -> None:
+    """One clear error when a config value is not one of ``choices``."""
+    if value not in choices:
+        hint = f" ({usage})" if usage else ""
+        raise UserError(f"{key}={value!r}; choose one of {', '.join(choices)}{hint}")
+
+
+def frozen_precision(model: torch.nn.Module, precision: str, device: torch.device) -> Precision:
+    """Move a frozen encoder to ``device`` and set it up for feature extraction at ``precision``."""
+    chosen = Precision(precision, device)
+    model.to(device)
+    set_fused_attention(model, chosen.prefers_fused_attention())
+    chosen.attach(model)
+    return chosen
+
+
+def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData, *, depth: int,
+                      num_classes: int | None, prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+                      device: torch.device, seed: int, eval_batch_size: int | None = None,
+                      build: Callable[[int], torch.nn.Module] | None = None) -> dict[str, Any]:
+    """Fine-tune on ``train``, keep the best ``val`` epoch, score ``test`` once; returns the result fields.
+
+    ``build(num_classes)`` makes the classifier once the class count is known (else ``model`` is it).
+    """
+    train_labels = data.labels("train")
+    num_classes = num_classes or int(train_labels.max()) + 1
+    check_labels(train_labels, num_classes, "train")
+    counts = {p: data.count(p) for p in ("train", "val", "test")}
+    if counts["train"] == 0 or counts["val"] == 0:
+        raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
+    classifier = build(num_classes) if build is not None else model
+
+    def train_epoch(epoch: int):
+        return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed + epoch)
+
+    best = finetune(classifier, ft, depth=depth, num_classes=num_classes, train_epoch=train_epoch,
+                    val_batches=lambda: data.batches("val", batch_size=eval_batch_size), prepare=prepare,
+                    steps_per_epoch=max(1, counts["train"] // ft.batch_size), device=device, seed=seed)
+    # finetune() hands back an fp32 model: score it under autocast (bf16-pure trained models included)
+    test_precision = Precision("bf16" if ft.precision == "bf16-pure" else ft.precision, device)
+    pred, labels = predict(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision)
+    return dict(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
+                test_samples=counts["test"], val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),
+                chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, part: str) -> None:

@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping
 from mimx.data.labels import read_label
-from mimx.evaluation import accuracy
 from mimx.modalities.points.classifier import PointClassifier
 from mimx.modalities.points.data import PointDataConfig, PointDecoder
 from mimx.modalities.points.export import load_point_mae
@@ -26,16 +25,16 @@ from mimx.modalities.points.model import PointMAE
 from mimx.protocols import (
     EvalData,
     EvalSplitConfig,
-    check_labels,
+    check_choice,
     checkpoint_step,
     extract_features,
+    finetune_protocol,
+    frozen_precision,
     frozen_protocol,
     write_result,
 )
 from mimx.train.distributed import pick_device
-from mimx.train.finetune import FinetuneConfig, finetune, predict
-from mimx.train.precision import Precision
-from mimx.transformer import set_fused_attention
+from mimx.train.finetune import FinetuneConfig
 
 PROTOCOLS = ("svm", "linear", "knn", "finetune")
 ENCODERS = ("pretrained", "random")
@@ -77,10 +76,8 @@ def _load(cfg: DictConfig) -> PointMAE:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run one protocol as configured in ``configs/points/eval.yaml``; returns the result dict."""
     protocol, encoder_kind = cfg.protocol, cfg.encoder
-    if protocol not in PROTOCOLS:
-        raise UserError(f"protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)} (mimx points eval svm ...)")
-    if encoder_kind not in ENCODERS:
-        raise UserError(f"encoder={encoder_kind!r}; choose one of {', '.join(ENCODERS)}")
+    check_choice(protocol, PROTOCOLS, "protocol", "mimx points eval svm ...")
+    check_choice(encoder_kind, ENCODERS, "encoder")
     data_cfg = from_mapping(PointEvalDataConfig, cfg.data, "data")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -92,15 +89,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                               "checkpoint_step": checkpoint_step(cfg.checkpoint), "data": asdict(data_cfg)}
 
     if frozen:
-        precision = Precision(cfg.precision, device)
-        encoder = mae.to(device)
-        set_fused_attention(encoder, precision.prefers_fused_attention())
-        precision.attach(encoder)
+        precision = frozen_precision(mae, cfg.precision, device)
 
         def featurize(batch: dict) -> torch.Tensor:
             x = batch["points"][:, 0].to(device, precision.input_dtype)
             with precision.autocast():
-                return encoder.features(x, pool=cfg.pool).float()
+                return mae.features(x, pool=cfg.pool).float()
 
         parts = {part: extract_features(data.batches(part), featurize) for part in ("train", "val", "test")}
         result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes), pool=cfg.pool)
@@ -108,34 +102,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         if ft.cutmix or ft.mixup:
             raise UserError("finetune.mixup/cutmix are for images and clips; leave them at 0 for point clouds")
-        train_labels = data.labels("train")
-        num_classes = data_cfg.num_classes or int(train_labels.max()) + 1
-        check_labels(train_labels, num_classes, "train")
-        counts = {p: data.count(p) for p in ("train", "val", "test")}
-        result.update(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
-                      test_samples=counts["test"], votes=data_cfg.test_votes)
-        if counts["train"] == 0 or counts["val"] == 0:
-            raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
-        model = PointClassifier(mae, num_classes, drop_path=ft.drop_path)
 
         def prepare(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
             x = batch["points"].to(device)
             return (x[:, 0] if x.shape[1] == 1 else x), batch["label"].long().to(device)
 
-        def train_epoch(epoch: int):
-            return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=cfg.seed + epoch)
-
-        def eval_batches(part: str):
-            return data.batches(part, batch_size=max(1, ft.batch_size // data_cfg.test_votes))
-
-        steps = max(1, counts["train"] // ft.batch_size)
-        best = finetune(model, ft, depth=mae.config.depth, num_classes=num_classes, train_epoch=train_epoch,
-                        val_batches=lambda: eval_batches("val"), prepare=prepare, steps_per_epoch=steps,
-                        device=device, seed=cfg.seed)
-        test_precision = Precision("bf16" if ft.precision == "bf16-pure" else ft.precision, device)
-        pred, labels = predict(model, eval_batches("test"), prepare, test_precision)
-        result.update(val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),
-                      chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
+        result.update(finetune_protocol(
+            mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
+            seed=cfg.seed, eval_batch_size=max(1, ft.batch_size // data_cfg.test_votes),
+            build=lambda n: PointClassifier(mae, n, drop_path=ft.drop_path)), votes=data_cfg.test_votes)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["skipped"] = data.skips.state_dict()
     result["model"] = mae.config.name

@@ -8,7 +8,6 @@ views for kNN and the linear probe, class probabilities for fine-tuning. See
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +18,6 @@ from omegaconf import DictConfig
 from mimx.config import UserError, from_mapping
 from mimx.data.labels import read_label
 from mimx.data.transforms import Normalizer
-from mimx.evaluation import accuracy
 from mimx.modalities.video.classifier import VideoClassifier
 from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
 from mimx.modalities.video.export import load_video_mae
@@ -27,16 +25,16 @@ from mimx.modalities.video.model import VideoMAE
 from mimx.protocols import (
     EvalData,
     EvalSplitConfig,
-    check_labels,
+    check_choice,
     checkpoint_step,
     extract_features,
+    finetune_protocol,
+    frozen_precision,
     frozen_protocol,
     write_result,
 )
 from mimx.train.distributed import pick_device
-from mimx.train.finetune import FinetuneConfig, finetune, predict
-from mimx.train.precision import Precision
-from mimx.transformer import set_fused_attention
+from mimx.train.finetune import FinetuneConfig
 
 PROTOCOLS = ("knn", "linear", "finetune")
 ENCODERS = ("pretrained", "random")
@@ -83,31 +81,27 @@ def _load(cfg: DictConfig) -> VideoMAE:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run one protocol as configured in ``configs/video/eval.yaml``; returns the result dict."""
     protocol, encoder_kind = cfg.protocol, cfg.encoder
-    if protocol not in PROTOCOLS:
-        raise UserError(f"protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)} (mimx video eval linear ...)")
-    if encoder_kind not in ENCODERS:
-        raise UserError(f"encoder={encoder_kind!r}; choose one of {', '.join(ENCODERS)}")
+    check_choice(protocol, PROTOCOLS, "protocol", "mimx video eval linear ...")
+    check_choice(encoder_kind, ENCODERS, "encoder")
     data_cfg = from_mapping(VideoEvalDataConfig, cfg.data, "data")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     mae = _load(cfg)
     data, normalizer = video_eval_data(data_cfg, mae)
     started = time.perf_counter()
+    views = data_cfg.test_clips * data_cfg.test_crops
     result: dict[str, Any] = {"protocol": protocol, "encoder": encoder_kind, "checkpoint": str(cfg.checkpoint),
                               "checkpoint_step": checkpoint_step(cfg.checkpoint), "data": asdict(data_cfg),
-                              "views": data_cfg.test_clips * data_cfg.test_crops}
+                              "views": views}
 
     if protocol in ("knn", "linear"):
-        precision = Precision(cfg.precision, device)
-        encoder = mae.to(device)
-        set_fused_attention(encoder, precision.prefers_fused_attention())
-        precision.attach(encoder)
+        precision = frozen_precision(mae, cfg.precision, device)
 
         def featurize(batch: dict) -> torch.Tensor:
             video = batch["video"].to(device)  # [B, V, C, T, H, W]
             x = normalizer(video.flatten(0, 1)).to(precision.input_dtype)
             with precision.autocast():
-                feats = encoder.features(x)
+                feats = mae.features(x)
             return feats.float().view(video.shape[0], video.shape[1], -1).mean(1)
 
         parts = {part: extract_features(data.batches(part), featurize) for part in ("train", "val", "test")}
@@ -116,38 +110,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         if ft.cutmix:
             raise UserError("finetune.cutmix is for images; use finetune.mixup for clips")
-        train_labels = data.labels("train")
-        num_classes = data_cfg.num_classes or int(train_labels.max()) + 1
-        check_labels(train_labels, num_classes, "train")
-        counts = {p: data.count(p) for p in ("train", "val", "test")}
-        result.update(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
-                      test_samples=counts["test"])
-        if counts["train"] == 0 or counts["val"] == 0:
-            raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
-        model = VideoClassifier(mae, num_classes, drop_path=ft.drop_path)
 
         def prepare(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
             video = batch["video"].to(device)
             x = normalizer(video.flatten(0, 1)).view(*video.shape[:2], *video.shape[2:])
             return (x[:, 0] if x.shape[1] == 1 else x), batch["label"].long().to(device)
 
-        def train_epoch(epoch: int):
-            return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=cfg.seed + epoch)
-
-        def val_batches():
-            return data.batches("val", batch_size=max(1, ft.batch_size // result["views"]))
-
-        steps = max(1, counts["train"] // ft.batch_size)
-        best = finetune(model, ft, depth=mae.config.depth, num_classes=num_classes, train_epoch=train_epoch,
-                        val_batches=val_batches, prepare=prepare, steps_per_epoch=steps, device=device,
-                        seed=cfg.seed)
-        test_precision = Precision("bf16" if ft.precision == "bf16-pure" else ft.precision, device)
-        test = data.batches("test", batch_size=max(1, ft.batch_size // result["views"]))
-        pred, labels = predict(model, test, prepare, test_precision)
-        result.update(val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),
-                      chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
+        result.update(finetune_protocol(
+            mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
+            seed=cfg.seed, eval_batch_size=max(1, ft.batch_size // views),
+            build=lambda n: VideoClassifier(mae, n, drop_path=ft.drop_path)))
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["skipped"] = data.skips.state_dict()
-    result["model"] = dataclasses.asdict(mae.config)["name"]
+    result["model"] = mae.config.name
     write_result(cfg, result)
     return result
