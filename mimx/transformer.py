@@ -100,6 +100,7 @@ class MaskedEncoder(nn.Module):
         self.mlp_ratio = mlp_ratio
         self.qkv_bias = qkv_bias
         self.norm_eps = norm_eps
+        self.init_values = init_values
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
         self.blocks = make_blocks(dim, depth, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
@@ -114,6 +115,13 @@ class MaskedEncoder(nn.Module):
     @property
     def depth(self) -> int:
         return len(self.blocks)
+
+    def copy_blocks(self, drop_path: float = 0.0) -> nn.ModuleList:
+        """A copy of the blocks with their weights and a new drop-path rate (for fine-tuning heads)."""
+        blocks = make_blocks(self.dim, self.depth, self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                             norm_eps=self.norm_eps, drop_path=drop_path, init_values=self.init_values)
+        blocks.load_state_dict(self.blocks.state_dict())
+        return blocks
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
         pos = pos.to(tokens.dtype)

@@ -301,3 +301,25 @@ def print_summary(summary: dict[str, Any], out: str | Path, what: str) -> None:
             print(f"  - {line}", file=sys.stderr)
         if len(skipped) > 20:
             print(f"  ... and {len(skipped) - 20} more", file=sys.stderr)
+
+
+def find_member(sample: dict[str, Any], keys: Sequence[str], what: str) -> tuple[str, bytes]:
+    """``(key, bytes)`` of the first of ``keys`` a raw sample holds; KeyError naming what it has otherwise."""
+    for key in keys:
+        if key in sample:
+            return key, sample[key]
+    found = sorted(k for k in sample if not k.startswith("__"))
+    raise KeyError(f"no {what} in sample (has {found}; expected one of {', '.join(keys)})")
+
+
+def add_shard_arguments(parser: Any, src_help: str, prefix: str) -> None:
+    """The arguments every ``shards`` command shares: SRC, OUT, --prefix, --max-size, --max-count,
+    --no-shuffle, --seed, --overwrite."""
+    parser.add_argument("src", help=src_help)
+    parser.add_argument("out", help="output folder for <prefix>-NNNNNN.tar shards")
+    parser.add_argument("--prefix", default=prefix)
+    parser.add_argument("--max-size", default="256MB", help="target shard size (default 256MB)")
+    parser.add_argument("--max-count", type=int, default=100_000, help="most samples per shard")
+    parser.add_argument("--no-shuffle", action="store_true", help="keep source order (default: shuffled)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with this prefix")

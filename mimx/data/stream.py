@@ -416,6 +416,15 @@ class StreamLoader:
             yield batch
 
 
+def first_batch(stream: ShardStream, key: str, what: str) -> dict[str, Any]:
+    """The first batch holding ``key`` of one unshuffled pass over ``stream`` (figures, quick looks)."""
+    stream.shuffle, stream.epochs = 0, 1
+    for batch in stream:
+        if key in batch:
+            return {k: v for k, v in batch.items() if not k.startswith("_")}
+    raise UserError(f"no readable {what} in {list(stream.urls)[:3]}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

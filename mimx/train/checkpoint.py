@@ -153,3 +153,30 @@ def load_trained(path: str | os.PathLike, modality: str, build: Any, what: str) 
                         f"{unexpected[:4]}); the file is damaged or was edited")
     model.normalization = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     return model.eval()
+
+
+def save_encoder(out: str | os.PathLike, state: dict[str, torch.Tensor], info: dict[str, Any],
+                 info_name: str = "config.json") -> Path:
+    """An exported encoder: ``out/encoder.safetensors`` and its description ``out/<info_name>`` (JSON)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "encoder.safetensors"))
+    (out / info_name).write_text(json.dumps(info, indent=1))
+    return out
+
+
+def export_command(argv: list[str], prog: str, description: str, export: Any) -> int:
+    """``mimx <modality> export CHECKPOINT OUT``: run ``export(checkpoint, out)`` and say what was written."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
+    parser.add_argument("out", help="output folder (encoder.safetensors + config.json)")
+    args = parser.parse_args(argv)
+    export(args.checkpoint, args.out)
+    print(f"wrote {args.out}/encoder.safetensors and config.json")
+    return 0

@@ -13,6 +13,7 @@ from PIL import Image
 
 from mimx.config import UserError
 from mimx.data.labels import read_label
+from mimx.data.shards import find_member
 from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_box, random_resized_crop_box
 from mimx.data.transforms import Normalizer as Normalizer  # re-exported: image code imports it from here
 
@@ -45,11 +46,7 @@ class ImageDataConfig:
 
 
 def find_image(sample: dict[str, Any]) -> tuple[str, bytes]:
-    for ext in IMAGE_EXTS:
-        if ext in sample:
-            return ext, sample[ext]
-    keys = sorted(k for k in sample if not k.startswith("__"))
-    raise KeyError(f"no image in sample (has {keys}; expected one of {', '.join(IMAGE_EXTS)})")
+    return find_member(sample, IMAGE_EXTS, "image")
 
 
 class ImageDecoder:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from mimx.modalities.image.interop import timm_kwargs, timm_state_dict, to_timm
 from mimx.modalities.image.model import ImageMAE, image_mae_config
-from mimx.train.checkpoint import load_trained
+from mimx.train.checkpoint import load_trained, save_encoder
 
 
 def load_image_mae(path: str | Path) -> ImageMAE:
@@ -27,11 +26,7 @@ def export_timm(path: str | Path, out: str | Path) -> dict:
 
     The export is checked: the timm model must give the encoder's features.
     """
-    from safetensors.torch import save_file
-
     model = load_image_mae(path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     kwargs = timm_kwargs(model.config)
     vit = to_timm(model).eval()
     x = torch.randn(2, model.config.in_chans, *model.config.image_hw)
@@ -39,8 +34,7 @@ def export_timm(path: str | Path, out: str | Path) -> dict:
         err = (vit.forward_features(x) - model.encode(x)).abs().max().item()
     if err > 1e-4:
         raise RuntimeError(f"exported timm ViT differs from the encoder by {err:.2e}")
-    save_file(timm_state_dict(model), str(out / "encoder.safetensors"))
-    (out / "timm_vit.json").write_text(json.dumps(kwargs, indent=1))
+    save_encoder(out, timm_state_dict(model), kwargs, info_name="timm_vit.json")
     return {"kwargs": kwargs, "max_abs_diff": err}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mimx.data.shards import list_files, write_dataset
+from mimx.data.shards import add_shard_arguments, list_files, write_dataset
 
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -72,15 +72,8 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="mimx image shards",
                                      description="Write an image folder (class subfolders give labels) as tar shards.")
-    parser.add_argument("src", help="folder of images, or of class subfolders of images")
-    parser.add_argument("out", help="output folder for <prefix>-NNNNNN.tar shards")
-    parser.add_argument("--prefix", default="images")
-    parser.add_argument("--max-size", default="256MB", help="target shard size (default 256MB)")
-    parser.add_argument("--max-count", type=int, default=100_000, help="most samples per shard")
+    add_shard_arguments(parser, "folder of images, or of class subfolders of images", "images")
     parser.add_argument("--resize", type=int, default=None, help="shrink the short side to this many pixels")
-    parser.add_argument("--no-shuffle", action="store_true", help="keep folder order (default: shuffled)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with this prefix")
     args = parser.parse_args(argv)
     summary = write_image_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
                                  max_count=args.max_count, resize=args.resize, shuffle=not args.no_shuffle,

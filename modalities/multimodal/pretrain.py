@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mimx.config import UserError, from_mapping, to_plain
-from mimx.data.stream import ShardStream
+from mimx.data.stream import ShardStream, first_batch
 from mimx.masking import sample_dirichlet
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder, count_samples, multi_stream
 from mimx.modalities.multimodal.figures import multimodal_panels, save_panels
@@ -25,12 +25,8 @@ __all__ = ["MultiPretrainTask", "fixed_batch", "pretrain"]
 
 def fixed_batch(cfg: MultiDataConfig, specs: dict, count: int) -> dict[str, torch.Tensor]:
     """``count`` centre-cropped samples from the start of the data, for figures."""
-    stream = multi_stream(cfg, MultiDecoder(cfg, specs, train=False), batch_size=count, epochs=1)
-    stream.shuffle = 0
-    for batch in stream:
-        if "present" in batch:
-            return {k: v for k, v in batch.items() if not k.startswith("_")}
-    raise UserError(f"no readable sample in {cfg.shards}")
+    return first_batch(multi_stream(cfg, MultiDecoder(cfg, specs, train=False), batch_size=count), "present",
+                       "aligned sample")
 
 
 class MultiPretrainTask:

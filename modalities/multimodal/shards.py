@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mimx.config import UserError
-from mimx.data.shards import print_summary, write_dataset
+from mimx.data.shards import add_shard_arguments, print_summary, write_dataset
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
 
@@ -103,15 +103,8 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="mimx multimodal shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="folder with one subfolder per modality")
-    parser.add_argument("out", help="output folder for <prefix>-NNNNNN.tar shards")
+    add_shard_arguments(parser, "folder with one subfolder per modality", "aligned")
     parser.add_argument("--modalities", default="rgb,depth,semseg", help="modality folders (default rgb,depth,semseg)")
-    parser.add_argument("--prefix", default="aligned")
-    parser.add_argument("--max-size", default="256MB")
-    parser.add_argument("--max-count", type=int, default=100_000)
-    parser.add_argument("--no-shuffle", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     summary = write_multimodal_shards(args.src, args.out, [m.strip() for m in args.modalities.split(",") if m.strip()],
                                       prefix=args.prefix, max_size=args.max_size, max_count=args.max_count,

@@ -7,7 +7,7 @@ from torch import nn
 
 from mimx.modalities.points.model import PointMAE
 from mimx.train.finetune import average_views
-from mimx.transformer import make_blocks, run_blocks
+from mimx.transformer import run_blocks
 
 
 class PointClassifier(nn.Module):
@@ -24,9 +24,7 @@ class PointClassifier(nn.Module):
         c = mae.config
         self.patch_embed = mae.tokenizer
         self.pos_embed = mae.encoder_pos
-        self.blocks = make_blocks(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                                  norm_eps=c.norm_eps, drop_path=drop_path)
-        self.blocks.load_state_dict(mae.encoder.blocks.state_dict())
+        self.blocks = mae.encoder.copy_blocks(drop_path)
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.norm.load_state_dict(mae.encoder.norm.state_dict())
         width = 2 * c.embed_dim

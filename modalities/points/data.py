@@ -18,7 +18,7 @@ import torch
 
 from mimx.config import UserError
 from mimx.data.labels import read_label
-from mimx.data.shards import dataset_size, expand_shards
+from mimx.data.shards import dataset_size, expand_shards, find_member
 from mimx.data.stream import Decoder, FileListStream, ShardStream, read_file_list
 from mimx.modalities.points.clouds import augment, prepare_cloud
 from mimx.modalities.points.io import SHARD_KEYS, decode_points
@@ -70,11 +70,7 @@ class PointDataConfig:
 
 
 def find_cloud(sample: dict[str, Any]) -> tuple[str, bytes]:
-    for key in SHARD_KEYS:
-        if key in sample:
-            return key, sample[key]
-    keys = sorted(k for k in sample if not k.startswith("__"))
-    raise KeyError(f"no point cloud in sample (has {keys}; expected one of {', '.join(SHARD_KEYS)})")
+    return find_member(sample, SHARD_KEYS, "point cloud")
 
 
 class PointDecoder:

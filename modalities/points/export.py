@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from mimx.modalities.points.model import PointMAE, point_mae_config
-from mimx.train.checkpoint import load_trained
+from mimx.train.checkpoint import export_command, load_trained, save_encoder
 
 ENCODER_PREFIXES = ("tokenizer.", "encoder.", "encoder_pos.")
 
@@ -27,25 +25,13 @@ def encoder_state_dict(model: PointMAE) -> dict[str, torch.Tensor]:
 
 def export_encoder(path: str | Path, out: str | Path) -> dict:
     """Write ``encoder.safetensors`` + ``config.json`` (the model config) in ``out``."""
-    from safetensors.torch import save_file
-
     model = load_point_mae(path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(encoder_state_dict(model), str(out / "encoder.safetensors"))
     info = {"format": "mimx-points-encoder/1", "model_config": dataclasses.asdict(model.config),
             "features": "max+mean of the normed group features, 2 x embed_dim"}
-    (out / "config.json").write_text(json.dumps(info, indent=1))
+    save_encoder(out, encoder_state_dict(model), info)
     return info
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mimx points export",
-                                     description="Export a Point-MAE's encoder (group embedding, centre-position "
-                                                 "MLP, transformer) as safetensors + config.json.")
-    parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
-    parser.add_argument("out", help="output folder (encoder.safetensors + config.json)")
-    args = parser.parse_args(argv)
-    export_encoder(args.checkpoint, args.out)
-    print(f"wrote {args.out}/encoder.safetensors and config.json")
-    return 0
+    return export_command(argv, "mimx points export", "Export a Point-MAE's encoder (group embedding, "
+                          "centre-position MLP, transformer) as safetensors + config.json.", export_encoder)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mimx.config import UserError, from_mapping, to_plain
-from mimx.data.stream import ShardStream
+from mimx.data.stream import ShardStream, first_batch
 from mimx.modalities.points.data import PointDataConfig, PointDecoder, count_clouds, describe_notes, points_stream
 from mimx.modalities.points.figures import point_panels, save_panels
 from mimx.modalities.points.model import PointMAE, PointMAEConfig, point_mae_config
@@ -25,12 +25,8 @@ __all__ = ["PointPretrainTask", "fixed_clouds", "pretrain"]
 def fixed_clouds(cfg: PointDataConfig, count: int) -> torch.Tensor:
     """``count`` plain clouds ``[count, N, 3]`` from the start of the data, for figures."""
     single = dataclasses.replace(cfg, test_votes=1)
-    stream = points_stream(single, PointDecoder(single, train=False), batch_size=count, epochs=1)
-    stream.shuffle = 0
-    for batch in stream:
-        if "points" in batch:
-            return batch["points"][:, 0]
-    raise UserError(f"no readable point cloud in {cfg.list or cfg.shards}")
+    stream = points_stream(single, PointDecoder(single, train=False), batch_size=count)
+    return first_batch(stream, "points", "point cloud")["points"][:, 0]
 
 
 class PointPretrainTask:

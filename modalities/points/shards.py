@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mimx.config import UserError
-from mimx.data.shards import list_sources, print_summary, write_dataset
+from mimx.data.shards import add_shard_arguments, list_sources, print_summary, write_dataset
 from mimx.modalities.points.clouds import drop_nonfinite
 from mimx.modalities.points.io import SUFFIXES, encode_npy, read_points
 
@@ -69,17 +69,11 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="mimx points shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="folder of clouds/meshes or of class subfolders, or a .csv/.txt list 'path label'")
-    parser.add_argument("out", help="output folder for <prefix>-NNNNNN.tar shards")
-    parser.add_argument("--prefix", default="clouds")
-    parser.add_argument("--max-size", default="256MB", help="target shard size (default 256MB)")
-    parser.add_argument("--max-count", type=int, default=100_000, help="most samples per shard")
+    add_shard_arguments(parser, "folder of clouds/meshes or of class subfolders, or a .csv/.txt list 'path label'",
+                        "clouds")
     parser.add_argument("--max-points", type=int, default=16384,
                         help="store at most this many points per cloud (random subset; 0: all)")
     parser.add_argument("--mesh-points", type=int, default=8192, help="surface samples drawn from each mesh")
-    parser.add_argument("--no-shuffle", action="store_true", help="keep source order (default: shuffled)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with this prefix")
     args = parser.parse_args(argv)
     summary = write_point_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
                                  max_count=args.max_count, max_points=args.max_points, mesh_points=args.mesh_points,

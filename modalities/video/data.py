@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mimx.config import UserError
 from mimx.data.labels import read_label
-from mimx.data.shards import dataset_size, expand_shards
+from mimx.data.shards import dataset_size, expand_shards, find_member
 from mimx.data.stream import Decoder, FileListStream, ShardStream, read_file_list
 from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, random_resized_crop_box
 from mimx.modalities.video.io import BACKENDS, VIDEO_EXTS, open_video
@@ -103,11 +103,7 @@ class VideoDataConfig:
 
 
 def find_video(sample: dict[str, Any]) -> tuple[str, bytes]:
-    for ext in VIDEO_EXTS:
-        if ext in sample:
-            return ext, sample[ext]
-    keys = sorted(k for k in sample if not k.startswith("__"))
-    raise KeyError(f"no video in sample (has {keys}; expected one of {', '.join(VIDEO_EXTS)})")
+    return find_member(sample, VIDEO_EXTS, "video")
 
 
 def resize_frames(frames: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

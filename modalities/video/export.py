@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from mimx.modalities.video.interop import encoder_state_dict
 from mimx.modalities.video.model import VideoMAE, video_mae_config
-from mimx.train.checkpoint import load_trained
+from mimx.train.checkpoint import export_command, load_trained, save_encoder
 
 
 def load_video_mae(path: str | Path) -> VideoMAE:
@@ -21,29 +19,17 @@ def load_video_mae(path: str | Path) -> VideoMAE:
 
 def export_encoder(path: str | Path, out: str | Path) -> dict:
     """Write the encoder as ``encoder.safetensors`` + ``config.json`` (architecture and normalisation) in ``out``."""
-    from safetensors.torch import save_file
-
     model = load_video_mae(path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(encoder_state_dict(model), str(out / "encoder.safetensors"))
     c = model.config
     info = {"format": "mimx-video-encoder/1", "img_size": list(c.image_hw), "num_frames": c.num_frames,
             "tubelet_size": c.tubelet_size, "patch_size": c.patch_size, "in_chans": c.in_chans,
             "embed_dim": c.embed_dim, "depth": c.depth, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio,
             "qkv_bias": c.qkv_bias, "norm_eps": c.norm_eps, "final_norm": c.encoder_norm,
             "pos_embed": c.pos_embed, "normalization": model.normalization}
-    (out / "config.json").write_text(json.dumps(info, indent=1))
+    save_encoder(out, encoder_state_dict(model), info)
     return info
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mimx video export",
-                                     description="Export a VideoMAE's encoder (timm ViT names, Conv3d patch "
-                                                 "embedding, fixed pos_embed) for fine-tuning.")
-    parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
-    parser.add_argument("out", help="output folder (encoder.safetensors + config.json)")
-    args = parser.parse_args(argv)
-    export_encoder(args.checkpoint, args.out)
-    print(f"wrote {args.out}/encoder.safetensors and config.json")
-    return 0
+    return export_command(argv, "mimx video export", "Export a VideoMAE's encoder (timm ViT names, Conv3d patch "
+                          "embedding, fixed pos_embed) for fine-tuning.", export_encoder)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mimx.config import UserError, from_mapping, to_plain
-from mimx.data.stream import ShardStream
+from mimx.data.stream import ShardStream, first_batch
 from mimx.data.transforms import Normalizer
 from mimx.modalities.video.data import VideoDataConfig, VideoDecoder, count_videos, video_stream
 from mimx.modalities.video.figures import save_strip, video_panels
@@ -26,12 +26,8 @@ __all__ = ["VideoPretrainTask", "fixed_clips", "pretrain"]
 def fixed_clips(cfg: VideoDataConfig, count: int) -> torch.Tensor:
     """``count`` centre clips (uint8 ``[N, C, T, H, W]``) from the start of the data, for figures."""
     single = dataclasses.replace(cfg, test_clips=1, test_crops=1)
-    stream = video_stream(single, VideoDecoder(single, train=False), batch_size=count, epochs=1)
-    stream.shuffle = 0
-    for batch in stream:
-        if "video" in batch:
-            return batch["video"][:, 0]
-    raise UserError(f"no decodable video in {cfg.list or cfg.shards}")
+    stream = video_stream(single, VideoDecoder(single, train=False), batch_size=count)
+    return first_batch(stream, "video", "video")["video"][:, 0]
 
 
 class VideoPretrainTask:

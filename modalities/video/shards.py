@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mimx.config import UserError
-from mimx.data.shards import list_sources, print_summary, write_dataset
+from mimx.data.shards import add_shard_arguments, list_sources, print_summary, write_dataset
 from mimx.modalities.video.io import VIDEO_EXTS, encode_frames, even_size, iter_frames, open_video
 
 SUFFIXES = {f".{ext}" for ext in VIDEO_EXTS}
@@ -117,20 +117,13 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="mimx video shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="folder of videos or of class subfolders, or a .csv/.txt list 'path label'")
-    parser.add_argument("out", help="output folder for <prefix>-NNNNNN.tar shards")
-    parser.add_argument("--prefix", default="videos")
-    parser.add_argument("--max-size", default="256MB", help="target shard size (default 256MB)")
-    parser.add_argument("--max-count", type=int, default=100_000, help="most samples per shard")
+    add_shard_arguments(parser, "folder of videos or of class subfolders, or a .csv/.txt list 'path label'", "videos")
     parser.add_argument("--short-side", type=int, default=None,
                         help="re-encode with the short side shrunk to this many pixels (never enlarged)")
     parser.add_argument("--keyint", type=int, default=None, help="re-encode with a key frame every K frames")
     parser.add_argument("--crf", type=int, default=None, help="re-encode at this x264 quality (default 23)")
     parser.add_argument("--max-frames", type=int, default=None, help="re-encode keeping the first N frames")
     parser.add_argument("--workers", type=int, default=0, help="processes that read and re-encode (default: 1)")
-    parser.add_argument("--no-shuffle", action="store_true", help="keep source order (default: shuffled)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with this prefix")
     args = parser.parse_args(argv)
     summary = write_video_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
                                  max_count=args.max_count, short_side=args.short_side, keyint=args.keyint,
