@@ -31,3 +31,20 @@ def tiny_overrides(run_dir: Path, samples: Path, *extra: str) -> list[str]:
         "train.warmup_steps=2", "train.base_lr=2e-3", "train.progress=false",
         f"run.dir={run_dir}", *extra,
     ]
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The ``loss`` column of a run's ``metrics.csv``, in step order."""
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    column = rows[0].index("loss")
+    return [float(r[column]) for r in rows[1:] if len(r) > column and r[column]]
+
+
+def assert_same_model(run_a: Path, run_b: Path) -> None:
+    """The two runs' last checkpoints hold the same weights (e.g. resumed against uninterrupted)."""
+    from mimx.train.checkpoint import load
+
+    a, b = load(run_a / "checkpoints" / "last.pt")["model"], load(run_b / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_model, logged_losses
 from PIL import Image
 
 from mimx.cli import main
@@ -287,9 +288,7 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
                                                                         "train.stop_at_step=3")))
     assert load(resumed / "checkpoints" / "last.pt")["step"] == 3
     pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(resumed, scenes, "train.steps=6")))
-    a, b = load(straight / "checkpoints" / "last.pt")["model"], load(resumed / "checkpoints" / "last.pt")["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert_same_model(straight, resumed)
     assert (resumed / "figures" / "step-0000006.png").exists()
 
     png = tmp_path / "view.png"
@@ -318,7 +317,5 @@ def test_loss_falls_on_generated_scenes(scenes, tmp_path):
     run_dir = tmp_path / "run"
     pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(run_dir, scenes, "train.steps=30",
                                                                         "train.figure_every=0", "train.ckpt_every=0")))
-    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
-    column = rows[0].index("loss")
-    losses = [float(r[column]) for r in rows[1:] if len(r) > column and r[column]]
+    losses = logged_losses(run_dir)
     assert losses[-1] < 0.7 * losses[0], losses

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import assert_same_model, logged_losses
 
 from mimx.cli import main
 from mimx.config import compose
@@ -45,9 +45,7 @@ def test_pretrain_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     assert load(resumed / "checkpoints" / "last.pt")["step"] == 3
     result = pretrain(compose("mimx.configs.points", "pretrain", _overrides(resumed, shapes, "train.steps=6")))
     assert result.step == 6
-    a, b = load(straight / "checkpoints" / "last.pt")["model"], load(resumed / "checkpoints" / "last.pt")["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert_same_model(straight, resumed)
     assert (resumed / "figures" / "step-0000006.png").exists() and (resumed / "model.safetensors").exists()
 
 
@@ -55,9 +53,7 @@ def test_loss_falls_on_real_shapes(shapes, tmp_path):
     run_dir = tmp_path / "run"
     pretrain(compose("mimx.configs.points", "pretrain", _overrides(run_dir, shapes, "train.steps=40",
                                                                     "train.figure_every=0", "train.ckpt_every=0")))
-    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
-    column = rows[0].index("loss")
-    losses = [float(r[column]) for r in rows[1:] if len(r) > column and r[column]]
+    losses = logged_losses(run_dir)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -167,9 +167,12 @@ class GroupChamfer:
         self.backend = backend
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        # every group is scored and the hidden ones averaged: no boolean indexing, so no host sync in the step
         k = self.group_size
-        return chamfer_distance(pred[hidden].reshape(-1, k, 3), target[hidden].reshape(-1, k, 3),
-                                norm=self.norm, backend=self.backend)
+        per_group = chamfer_distance(pred.reshape(-1, k, 3), target.reshape(-1, k, 3), norm=self.norm,
+                                     reduction="none", backend=self.backend)
+        weight = hidden.reshape(-1).to(per_group.dtype)
+        return (per_group * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def build_group_masking(kind: str = "random", ratio: float = 0.6) -> RandomMasking | BlockGroupMasking:
