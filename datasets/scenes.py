@@ -3,8 +3,9 @@
 ``python -m mimx.datasets.scenes OUT`` writes two sets:
 
 ``OUT/scenes/{train,val,test}``: generated scenes. A pinhole camera (60 degree field of view, at a random
-height) looks at a floor and a back wall and 1 to 4 objects standing on the floor (spheres, boxes turned
-about the vertical, upright cylinders, cones), ray-cast with numpy. Every surface is textured with a
+height) looks at a floor and a back wall 6 to 10 m away and 2 to 5 objects standing on the floor 2 to
+5.5 m away (spheres, boxes turned about the vertical, upright cylinders, cones; together about a quarter
+of the pixels), ray-cast with numpy. Every surface is textured with a
 random crop of a real photograph (scikit-image's and scikit-learn's bundled photos) and shaded
 (ambient + Lambertian, a random light). Per pixel: the colour, the depth (metres along the optical axis,
 stored as a uint16 millimetre PNG) and the class: 0 floor, 1 wall, 2 sphere, 3 box, 4 cylinder, 5 cone.
@@ -139,10 +140,10 @@ def render_scene(rng: np.random.Generator, textures: list[np.ndarray], size: int
         hit(t, 1, np.array([0, 0, -1.0]), p[..., 0], p[..., 1])
         surfaces.append(_Surface(textures[picks[1]], rng))
         objects = []
-        for index in range(int(rng.integers(1, 5))):
+        for index in range(int(rng.integers(2, 6))):
             kind = ["sphere", "box", "cylinder", "cone"][int(rng.integers(4))]
-            cx, cz = rng.uniform(-2.0, 2.0), rng.uniform(2.5, wall_z - 1.0)
-            r, height = rng.uniform(0.3, 0.8), rng.uniform(0.5, 1.8)
+            cx, cz = rng.uniform(-1.6, 1.6), rng.uniform(2.0, 5.5)
+            r, height = rng.uniform(0.35, 0.8), rng.uniform(0.6, 1.6)
             objects.append({"kind": kind, "x": round(cx, 3), "z": round(cz, 3), "radius": round(r, 3)})
             texture = textures[picks[(2 + index) % len(picks)]]
             if kind == "sphere":

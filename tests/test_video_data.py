@@ -262,3 +262,21 @@ def test_moving_digits_benchmark(tmp_path):
             expected = {0: dx > 0, 1: dx < 0, 2: dy > 0, 3: dy < 0}[meta["label"]]
             assert expected and max(abs(dx), abs(dy)) > 5 and min(abs(dx), abs(dy)) < 2, (meta, dy, dx)
     assert not (rows["train"] & rows["val"]) and not (rows["train"] & rows["test"]) and not (rows["val"] & rows["test"])
+
+
+def test_moving_digits_black_background_from_the_command_line(tmp_path, monkeypatch):
+    from mimx.datasets import video_samples
+
+    def small(out, **kwargs):  # the command's builder with the counts shrunk to test size
+        return build(out, train=4, val=4, test=4, frames=8, size=48, **kwargs)
+
+    build = video_samples.build_moving_digits
+    monkeypatch.setattr(video_samples, "build_moving_digits", small)
+    assert video_samples.main([str(tmp_path), "--only", "digits", "--background", "black"]) == 0
+    folder = tmp_path / "moving_digits"
+    assert json.loads((folder / "manifest.json").read_text())["background"] == "black"
+    for sample in read_raw(sorted(str(p) for p in (folder / "test").glob("*.tar")), lambda key: True):
+        with open_video(sample["mp4"]) as video:
+            clip = video.frames(range(video.num_frames)).astype(float)
+        digit_pixels = (clip > 60).any(-1).mean()
+        assert clip.mean() < 30 and 0.01 < digit_pixels < 0.35  # black, save for one 28 px digit in 48 px

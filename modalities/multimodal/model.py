@@ -125,13 +125,18 @@ class MultiMAEOutput:
     counts: torch.Tensor  # [B, M_in] visible tokens per input modality
 
 
+def valid_depth(depth: torch.Tensor) -> torch.Tensor:
+    """Where a depth map holds a measurement: finite and > 0."""
+    return torch.isfinite(depth) & (depth > 0)
+
+
 def standardize_depth(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image standardised depth ``[B, 1, H, W]`` over its valid pixels (finite, > 0); invalid -> 0.
 
     Returns ``(standardised, valid)``. An image without any valid pixel is all 0 and all invalid.
     """
     depth = depth.float()
-    valid = torch.isfinite(depth) & (depth > 0)
+    valid = valid_depth(depth)
     safe = torch.where(valid, depth, torch.zeros_like(depth))
     count = valid.flatten(1).sum(1).clamp_min(1).view(-1, 1, 1, 1)
     mean = safe.flatten(1).sum(1).view(-1, 1, 1, 1) / count
@@ -199,14 +204,19 @@ class MultiMAE(nn.Module):
             ready[name] = x
         return ready
 
-    def tokens(self, batch: Mapping[str, torch.Tensor], names: list[str]) -> tuple[torch.Tensor, list[int]]:
-        """Input tokens of ``names`` laid end to end, and the length of each group."""
-        ready = self.prepare(batch)
+    def tokens(self, batch: Mapping[str, torch.Tensor], names: list[str],
+               ready: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Input tokens of ``names`` laid end to end, and the length of each group (``ready``: prepared maps)."""
+        ready = self.prepare(batch) if ready is None else ready
         parts = [self.input_adapters[n](ready[n]) for n in names]
         return torch.cat(parts, dim=1), [t.shape[1] for t in parts]
 
-    def target(self, name: str, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(target [B, L, p*p*C or p*p], valid [B, L, p*p])`` of one task from its raw map."""
+    def target(self, name: str, raw: torch.Tensor,
+               ready: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target [B, L, p*p*C or p*p], valid [B, L, p*p])`` of one task from its raw map.
+
+        ``ready``: the map as :meth:`prepare` made it, when already at hand (saves standardising depth twice).
+        """
         spec, p = self.specs[name], self.config.patch_size
         if spec.kind == "classes":
             ids = raw.long().unsqueeze(1)
@@ -214,18 +224,20 @@ class MultiMAE(nn.Module):
             target = patchify(ids, (p, p))
             return target, target >= 0
         if spec.kind == "depth":
-            std, valid = standardize_depth(raw if raw.dim() == 4 else raw.unsqueeze(1))
-            return patchify(std, (p, p)), patchify(valid.float(), (p, p)) > 0
-        target = patchify(self.pixels(name, raw), (p, p))
+            raw = raw if raw.dim() == 4 else raw.unsqueeze(1)
+            std = standardize_depth(raw)[0] if ready is None else ready
+            return patchify(std, (p, p)), patchify(valid_depth(raw).float(), (p, p)) > 0
+        target = patchify(self.pixels(name, raw) if ready is None else ready, (p, p))
         if spec.norm_pix:
             target = normalize_patches(target)
         valid = torch.ones(*target.shape[:2], p * p, dtype=torch.bool, device=target.device)
         return target, valid
 
-    def task_loss(self, name: str, pred: torch.Tensor, raw: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def task_loss(self, name: str, pred: torch.Tensor, raw: torch.Tensor, hidden: torch.Tensor,
+                  ready: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss over the valid pixels of ``hidden`` patches (``[B, L]``) of one task."""
         spec = self.specs[name]
-        target, valid = self.target(name, raw)
+        target, valid = self.target(name, raw, ready)
         weight = valid & hidden.unsqueeze(-1)  # [B, L, p*p]
         pred = pred.float()
         if spec.kind == "classes":
@@ -284,7 +296,8 @@ class MultiMAE(nn.Module):
         device = first.device
         have = torch.ones(size, len(names), dtype=torch.bool) if present is None else present.cpu().bool()
         in_present = have[:, [names.index(n) for n in self.inputs]]
-        tokens, lengths = self.tokens(batch, self.inputs)
+        ready = self.prepare(batch)
+        tokens, lengths = self.tokens(batch, self.inputs, ready)
         counts = self.budget(size, in_present, generator=generator, weights=weights, device=device)
         mask = group_budget_mask(lengths, counts, noise=noise, generator=generator)
         latent = self.encoder(tokens, tokens.new_zeros(1, 1, tokens.shape[-1]), mask)
@@ -300,7 +313,7 @@ class MultiMAE(nn.Module):
             hidden = mask.mask[:, span] if span is not None else torch.ones(size, length, dtype=torch.bool,
                                                                               device=device)
             hidden = hidden & have[:, names.index(name)].to(device).unsqueeze(1)
-            losses[name] = self.task_loss(name, pred, batch[name], hidden)
+            losses[name] = self.task_loss(name, pred, batch[name], hidden, ready.get(name))
             preds[name] = pred
             total = total + self.specs[name].weight * losses[name]
         return MultiMAEOutput(total, losses, preds, mask, counts)
