@@ -30,7 +30,8 @@ OUT/moving_digits/{train,val,test}/  a labelled motion benchmark made from real 
                   variant the quality benchmark in docs/benchmarks.md uses (on the photo
                   backgrounds mean-pooled features are dominated by the photo).
 
-Every build with the same arguments is identical. Needs the ``data`` and ``video`` extras.
+Every build with the same arguments draws the same clips, labels and metadata; the mp4 bytes of a few
+clips may differ between builds (libx264 is not deterministic here: ``rgb_to_yuv420p``). Needs the ``data`` and ``video`` extras.
 """
 
 from __future__ import annotations

@@ -304,6 +304,9 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
     assert main(["multimodal", "eval", "semseg", *common]) == 0
     result = json.loads((resumed / "eval-semseg-rgb-pretrained.json").read_text())
     assert result["train_samples"] == 48 and result["val_samples"] == 8 and 0 <= result["test"]["miou"] <= 100
+    ious = result["test"]["iou"]  # per class, None where a class is in neither prediction nor labels
+    assert len(ious) == 6 and result["test"]["miou"] == pytest.approx(
+        sum(v for v in ious if v is not None) / sum(v is not None for v in ious))
     assert main(["multimodal", "eval", "depth", "inputs=[rgb,depth]", "encoder=random", *common]) == 0
     result = json.loads((resumed / "eval-depth-rgb+depth-random.json").read_text())
     assert 0 <= result["test"]["delta1"] <= 100 and result["test"]["abs_rel"] >= 0
@@ -319,3 +322,13 @@ def test_loss_falls_on_generated_scenes(scenes, tmp_path):
                                                                         "train.figure_every=0", "train.ckpt_every=0")))
     losses = logged_losses(run_dir)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_class_iou_on_a_constructed_case():
+    from mimx.modalities.multimodal.evaluate import class_iou, miou
+
+    target = torch.tensor([0, 0, 0, 1, 1, 2, -1, -1])
+    pred = torch.tensor([0, 0, 1, 1, 1, 1, 3, 0])  # the ignored pixels (-1) count for nothing
+    # class 0: 2 / 3; class 1: 2 / 4; class 2: 0 / 1; class 3: in neither (its only prediction is ignored)
+    assert class_iou(pred, target, 4) == pytest.approx([200 / 3, 50.0, 0.0, None])
+    assert miou(pred, target, 4) == pytest.approx((200 / 3 + 50.0 + 0.0) / 3)

@@ -280,3 +280,18 @@ def test_moving_digits_black_background_from_the_command_line(tmp_path, monkeypa
             clip = video.frames(range(video.num_frames)).astype(float)
         digit_pixels = (clip > 60).any(-1).mean()
         assert clip.mean() < 30 and 0.01 < digit_pixels < 0.35  # black, save for one 28 px digit in 48 px
+
+
+def test_rgb_to_yuv420p_is_the_convention_decoders_assume():
+    """Flat colours survive RGB -> our yuv420p -> the decoder's (swscale's) conversion back to RGB."""
+    import av
+
+    from mimx.modalities.video.io import rgb_to_yuv420p
+
+    colours = np.array([[0, 0, 0], [255, 255, 255], [200, 30, 40], [20, 180, 60], [40, 60, 220], [128, 128, 128]])
+    frame = np.repeat(np.repeat(colours[:, None, None], 8, 1), 16, 2).reshape(48, 16, 3).astype(np.uint8)
+    planes = rgb_to_yuv420p(frame)
+    assert planes.shape == (72, 16) and planes.dtype == np.uint8
+    assert rgb_to_yuv420p(frame).tobytes() == planes.tobytes()
+    back = av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="rgb24").astype(int)
+    assert np.abs(back - frame).max() <= 3

@@ -55,14 +55,24 @@ def load_multimae(path: str) -> MultiMAE:
     return load_trained(path, "multimodal", lambda config: MultiMAE(multimae_config(config)), "a MultiMAE")
 
 
-def miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean intersection over union (in %) over the classes present in ``pred`` or ``target``; -1 ignored."""
+def class_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Intersection over union (in %) per class; None for a class in neither ``pred`` nor ``target``; -1 ignored."""
     valid = target >= 0
     p, t = pred[valid], target[valid]
     inter = torch.bincount(t[p == t], minlength=num_classes).float()
     union = (torch.bincount(p, minlength=num_classes) + torch.bincount(t, minlength=num_classes)).float() - inter
-    seen = union > 0
-    return float((inter[seen] / union[seen]).mean() * 100) if bool(seen.any()) else 0.0
+    return [float(i / u * 100) if u > 0 else None for i, u in zip(inter.tolist(), union.tolist(), strict=True)]
+
+
+def mean_iou(ious: list[float | None]) -> float:
+    """The mean of :func:`class_iou` over the classes seen (0 when none is)."""
+    seen = [v for v in ious if v is not None]
+    return sum(seen) / len(seen) if seen else 0.0
+
+
+def miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean intersection over union (in %) over the classes present in ``pred`` or ``target``; -1 ignored."""
+    return mean_iou(class_iou(pred, target, num_classes))
 
 
 def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -100,10 +110,13 @@ def _patch_targets(raw: torch.Tensor, kind: str, num_classes: int, patch: int) -
     return patchify(depth if depth.dim() == 4 else depth.unsqueeze(1), (patch, patch))
 
 
-def _scores(kind: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+def _scores(kind: str, logits: torch.Tensor, target: torch.Tensor, num_classes: int,
+            per_class: bool = False) -> dict[str, Any]:
+    """The probe's metrics; ``per_class`` adds each class's IoU (``iou``, a list) to mIoU."""
     if kind == "classes":
         pred = logits.unflatten(-1, (-1, num_classes)).argmax(-1)
-        return {"miou": miou(pred.flatten(), target.flatten(), num_classes)}
+        ious = class_iou(pred.flatten(), target.flatten(), num_classes)
+        return {"miou": mean_iou(ious), **({"iou": ious} if per_class else {})}
     return depth_metrics(logits.exp(), target)
 
 
@@ -146,7 +159,7 @@ def train_probe(kind: str, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], 
     assert best is not None
     head.load_state_dict(best["state"])
     with torch.no_grad():
-        test = _scores(kind, head(te_x), te_y, num_classes)
+        test = _scores(kind, head(te_x), te_y, num_classes, per_class=True)
     return {"val": best["val"], "test": test, "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
             "history": history}
 
@@ -167,13 +180,13 @@ def finetune_dense(model: MultiMAE, kind: str, data: EvalData, inputs: list[str]
     torch.manual_seed(seed)
     best, history = None, []
 
-    def score(part: str) -> dict[str, float]:
+    def score(part: str) -> dict[str, Any]:
         model.eval()
         feats, targets = _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
         head.eval()
         with torch.no_grad():
             logits = torch.cat([head(chunk.to(device)).float().cpu() for chunk in feats.split(256)])
-        return _scores(kind, logits, targets, num_classes)
+        return _scores(kind, logits, targets, num_classes, per_class=part == "test")
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
