@@ -31,7 +31,8 @@ OUT/moving_digits/{train,val,test}/  a labelled motion benchmark made from real 
                   backgrounds mean-pooled features are dominated by the photo).
 
 Every build with the same arguments draws the same clips, labels and metadata; the mp4 bytes of a few
-clips may differ between builds (libx264 is not deterministic here: ``rgb_to_yuv420p``). Needs the ``data`` and ``video`` extras.
+clips may differ between builds (libx264 is not deterministic here: ``rgb_to_yuv420p``).
+Needs the ``data`` and ``video`` extras.
 """
 
 from __future__ import annotations
