@@ -260,9 +260,9 @@ def _rate(fps: float | Fraction) -> Fraction:
 def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     """A uint8 RGB ``[H, W, 3]`` frame (even H, W) as planar yuv420p ``[H * 3 / 2, W]``: BT.601, limited range.
 
-    Done here rather than by PyAV's swscale: its conversion of the same frames differed from one process
-    to the next (every clip of a 60-clip test), this one does not. libx264 itself still varies now and
-    then (about 1 clip in 12 of the moving-digits kind, in some runs), so encodes are close, not byte-exact.
+    Done here rather than by PyAV's swscale: with it, 60 moving-digit clips encoded to different bytes in
+    each of three processes; with this, the yuv planes are the same every time. libx264 itself still varies
+    now and then (0 to 2 clips in 12 of that kind per run), so encodes are close, not byte-exact.
     """
     x = frame.astype(np.float32) * np.float32(1 / 255)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
