@@ -85,25 +85,46 @@ def load_textures(size: int = 256) -> list[np.ndarray]:
     return textures
 
 
-class _Surface:
-    """A texture crop and scale for one surface."""
+OBJECT_STYLES = ("painted", "textured")
 
-    def __init__(self, texture: np.ndarray, rng: np.random.Generator) -> None:
+
+class _Surface:
+    """A texture crop and scale for one surface; ``paint``: a plain colour that the texture only grains."""
+
+    def __init__(self, texture: np.ndarray, rng: np.random.Generator, paint: np.ndarray | None = None) -> None:
         self.texture = texture
         h, w = texture.shape[:2]
         self.offset = (rng.integers(0, h // 2), rng.integers(0, w // 2))
         self.scale = rng.uniform(40, 90)  # texture pixels per metre
+        self.paint = paint
 
     def colour(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         h, w = self.texture.shape[:2]
         rows = (self.offset[0] + np.floor(v * self.scale).astype(np.int64)) % h
         cols = (self.offset[1] + np.floor(u * self.scale).astype(np.int64)) % w
-        return self.texture[rows, cols]
+        texel = self.texture[rows, cols]
+        if self.paint is None:
+            return texel
+        grain = texel.mean(-1, keepdims=True)
+        return self.paint * (0.8 + 0.4 * (grain - grain.mean()))
 
 
-def render_scene(rng: np.random.Generator, textures: list[np.ndarray], size: int = 80
+def _paint(rng: np.random.Generator) -> np.ndarray:
+    """A random plain colour (any hue; saturation 0.3-0.9, value 0.5-1) as RGB in [0, 1]."""
+    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.3, 0.9), rng.uniform(0.5, 1.0)
+    channel = np.clip(np.abs((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)
+    return val * (1 - sat + sat * channel)
+
+
+def render_scene(rng: np.random.Generator, textures: list[np.ndarray], size: int = 80, objects: str = "painted"
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """One scene: (rgb uint8 ``[S, S, 3]``, depth metres ``[S, S]``, class ids uint8 ``[S, S]``, description)."""
+    """One scene: (rgb uint8 ``[S, S, 3]``, depth metres ``[S, S]``, class ids uint8 ``[S, S]``, description).
+
+    ``objects``: ``painted`` (a random plain colour grained by a photo, with a specular highlight: the
+    shape shows in the shading) or ``textured`` (a photo crop, like the floor and wall).
+    """
+    if objects not in OBJECT_STYLES:
+        raise UserError(f"objects={objects!r}; choose one of {', '.join(OBJECT_STYLES)}")
     focal = (size / 2) / np.tan(np.deg2rad(30))
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     dirs = np.stack([(xs + 0.5 - size / 2) / focal, -(ys + 0.5 - size / 2) / focal, np.ones_like(xs)], -1)
@@ -139,12 +160,12 @@ def render_scene(rng: np.random.Generator, textures: list[np.ndarray], size: int
         p = origin + t[..., None] * rays
         hit(t, 1, np.array([0, 0, -1.0]), p[..., 0], p[..., 1])
         surfaces.append(_Surface(textures[picks[1]], rng))
-        objects = []
+        placed = []
         for index in range(int(rng.integers(2, 6))):
             kind = ["sphere", "box", "cylinder", "cone"][int(rng.integers(4))]
             cx, cz = rng.uniform(-1.6, 1.6), rng.uniform(2.0, 5.5)
             r, height = rng.uniform(0.35, 0.8), rng.uniform(0.6, 1.6)
-            objects.append({"kind": kind, "x": round(cx, 3), "z": round(cz, 3), "radius": round(r, 3)})
+            placed.append({"kind": kind, "x": round(cx, 3), "z": round(cz, 3), "radius": round(r, 3)})
             texture = textures[picks[(2 + index) % len(picks)]]
             if kind == "sphere":
                 centre = np.array([cx, r, cz])
@@ -204,7 +225,7 @@ def render_scene(rng: np.random.Generator, textures: list[np.ndarray], size: int
                 n = np.stack([p[..., 0] / radial, np.full_like(t, r / height), p[..., 2] / radial], -1)
                 n /= np.linalg.norm(n, axis=-1, keepdims=True)
                 hit(t, 5, n, np.arctan2(p[..., 0], p[..., 2]) * r, p[..., 1])
-            surfaces.append(_Surface(texture, rng))
+            surfaces.append(_Surface(texture, rng, _paint(rng) if objects == "painted" else None))
     light = rng.normal(size=3)
     light[1] = abs(light[1]) + 0.5
     light /= np.linalg.norm(light)
@@ -214,19 +235,26 @@ def render_scene(rng: np.random.Generator, textures: list[np.ndarray], size: int
         if on.any():
             rgb[on] = surface.colour(uv[on][:, 0], uv[on][:, 1])
     shade = 0.35 + 0.65 * np.clip((normal * light).sum(-1), 0, 1)
-    rgb = np.clip(rgb * shade[..., None] * rng.uniform(0.8, 1.2), 0, 1)
+    rgb = rgb * shade[..., None]
+    if objects == "painted":  # Phong highlight on the objects (floor and wall stay matte)
+        view = -rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+        reflect = 2 * (normal * light).sum(-1, keepdims=True) * normal - light
+        gloss = np.clip((reflect * view).sum(-1), 0, 1) ** 20 * (label >= 2)
+        rgb = rgb + 0.4 * gloss[..., None]
+    rgb = np.clip(rgb * rng.uniform(0.8, 1.2), 0, 1)
     points = origin + best_t[..., None] * rays
     forward = np.array([0, -sin_p, cos_p])
     depth = np.where(np.isfinite(best_t), ((points - origin) * forward).sum(-1), np.nan)
     info = {"camera_height": round(camera_height, 3), "pitch_deg": round(float(np.rad2deg(pitch)), 2),
-            "wall_z": round(wall_z, 3), "objects": objects}
+            "wall_z": round(wall_z, 3), "objects": placed, "style": objects}
     return (rgb * 255).round().astype(np.uint8), depth.astype(np.float32), label, info
 
 
-def scene_samples(split: str, count: int, textures: list[np.ndarray], size: int, seed: int) -> Iterator[dict]:
+def scene_samples(split: str, count: int, textures: list[np.ndarray], size: int, seed: int,
+                  objects: str = "painted") -> Iterator[dict]:
     for index in range(count):
         rng = np.random.default_rng([seed, SPLIT_SEEDS[split], index])
-        rgb, depth, label, info = render_scene(rng, textures, size)
+        rgb, depth, label, info = render_scene(rng, textures, size, objects)
         yield encode_sample(f"{split}-{index:06d}", rgb, depth, label, {"split": split, **info})
 
 
@@ -237,7 +265,7 @@ def split_textures(textures: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
 
 
 def build_scenes(out: str | Path, counts: dict[str, int] | None = None, *, size: int = 80, seed: int = 0,
-                 overwrite: bool = False) -> dict[str, int]:
+                 objects: str = "painted", overwrite: bool = False) -> dict[str, int]:
     """Write generated scene shards under ``out/{split}``; returns the sample count per split."""
     out = Path(out)
     counts = counts if counts is not None else {"train": 2000, "val": 200, "test": 400}
@@ -245,9 +273,9 @@ def build_scenes(out: str | Path, counts: dict[str, int] | None = None, *, size:
     written = {}
     for split, count in counts.items():
         if count > 0:
-            result = write_dataset(out / split, "scenes", scene_samples(split, count, pools[split], size, seed),
-                                   CLASSES, max_size="64MB", max_count=max(1, count // 4), overwrite=overwrite,
-                                   skipped=[], what="scenes")
+            samples = scene_samples(split, count, pools[split], size, seed, objects)
+            result = write_dataset(out / split, "scenes", samples, CLASSES, max_size="64MB",
+                                   max_count=max(1, count // 4), overwrite=overwrite, skipped=[], what="scenes")
             written[split] = result["samples"]
     return written
 
@@ -312,11 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=400)
     parser.add_argument("--size", type=int, default=80, help="rendered side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objects", choices=OBJECT_STYLES, default="painted",
+                        help="painted: plain colours, shape shows in the shading (default); textured: photo crops")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
         scenes = build_scenes(Path(args.out) / "scenes", {"train": args.train, "val": args.val, "test": args.test},
-                              size=args.size, seed=args.seed, overwrite=args.overwrite)
+                              size=args.size, seed=args.seed, objects=args.objects, overwrite=args.overwrite)
         real = build_real(Path(args.out) / "real", overwrite=args.overwrite)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -310,10 +310,21 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
     assert main(["multimodal", "eval", "depth", "inputs=[rgb,depth]", "encoder=random", *common]) == 0
     result = json.loads((resumed / "eval-depth-rgb+depth-random.json").read_text())
     assert 0 <= result["test"]["delta1"] <= 100 and result["test"]["abs_rel"] >= 0
-    assert main(["multimodal", "eval", "semseg", "inputs=[depth]", *common, "head.finetune=true", "head.epochs=1",
+    assert main(["multimodal", "eval", "semseg", "inputs=depth", *common, "head.finetune=true", "head.epochs=1",
                  "head.batch_size=16"]) == 0
     result = json.loads((resumed / "eval-semseg-finetune-depth-pretrained.json").read_text())
     assert result["chosen"]["epoch"] == 1 and 0 <= result["test"]["miou"] <= 100
+    for probe in ("semseg", "depth"):  # the model's own output adapters, from RGB alone: nothing trained
+        assert main(["multimodal", "eval", probe, "head.kind=adapter", *common]) == 0
+        result = json.loads((resumed / f"eval-{probe}-adapter-rgb-pretrained.json").read_text())
+        assert result["train_samples"] == 0 and result["test_samples"] == 8 and result["chosen"] == {}
+        assert 0 <= result["test_top1"] <= 100
+    assert main(["multimodal", "eval", "semseg", "head.kind=adapter", "inputs=depth", *common]) == 0
+    assert (resumed / "eval-semseg-adapter-depth-pretrained.json").exists()  # a bare name is a one-item list
+    with pytest.raises(UserError, match="head.kind"):
+        from mimx.modalities.multimodal.evaluate import evaluate
+
+        evaluate(compose("mimx.configs.multimodal", "eval", ["probe=semseg", "head.kind=mlp", *common]))
 
 
 def test_loss_falls_on_generated_scenes(scenes, tmp_path):
@@ -322,6 +333,12 @@ def test_loss_falls_on_generated_scenes(scenes, tmp_path):
                                                                         "train.figure_every=0", "train.ckpt_every=0")))
     losses = logged_losses(run_dir)
     assert losses[-1] < 0.7 * losses[0], losses
+    import csv
+
+    rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("loss")]
+    for row in rows:  # each task's loss is logged; with unit weights they add up to the total
+        parts = [float(row[f"loss_{name}"]) for name in ("rgb", "depth", "semseg")]
+        assert sum(parts) == pytest.approx(float(row["loss"]), rel=1e-4, abs=1e-5)
 
 
 def test_class_iou_on_a_constructed_case():
@@ -332,3 +349,52 @@ def test_class_iou_on_a_constructed_case():
     # class 0: 2 / 3; class 1: 2 / 4; class 2: 0 / 1; class 3: in neither (its only prediction is ignored)
     assert class_iou(pred, target, 4) == pytest.approx([200 / 3, 50.0, 0.0, None])
     assert miou(pred, target, 4) == pytest.approx((200 / 3 + 50.0 + 0.0) / 3)
+
+
+def test_predict_gives_every_patch_of_a_hidden_target_from_any_inputs():
+    model = tiny().eval()
+    maps = batch()
+    with torch.no_grad():
+        out = model.predict(maps, ["rgb"])
+        again = model.predict({"rgb": maps["rgb"]}, ["rgb"], ["semseg"])
+    assert set(out) == {"depth", "semseg"}  # the tasks that are not inputs
+    assert out["semseg"].shape == (3, 16, 64 * 8) and out["depth"].shape == (3, 16, 64)
+    assert torch.equal(out["semseg"], again["semseg"])  # other maps in the batch change nothing
+    with pytest.raises(UserError, match="not output tasks"):
+        model.predict(maps, ["rgb"], ["normals"])
+
+
+def test_adapter_depth_is_put_back_with_the_ground_truth_scale_and_shift():
+    from mimx.modalities.multimodal.evaluate import _unstandardize, depth_metrics
+
+    depth = torch.tensor([[[2.0, 4.0, float("nan"), 6.0]], [[1.0, 1.0, 3.0, 0.0]]])  # [B, L=1, p*p=4]
+    standard = standardize_depth(depth.view(2, 1, 2, 2))[0].view(2, 1, 4)
+    back = _unstandardize(standard, depth)
+    valid = torch.isfinite(depth) & (depth > 0)
+    assert torch.allclose(back[valid], depth[valid], atol=1e-5)
+    assert depth_metrics(back, depth)["delta1"] == 100.0
+
+
+@pytest.mark.parametrize("objects", ["painted", "textured"])
+def test_generated_scene_objects_are_painted_or_photo_textured(objects):
+    from mimx.datasets.scenes import load_textures, render_scene
+
+    textures = load_textures(64)
+    rgb, depth, label, info = render_scene(np.random.default_rng(3), textures, 64, objects)
+    assert info["style"] == objects and 2 <= len(info["objects"]) <= 5
+    assert set(np.unique(label)) <= set(range(6)) and np.isfinite(depth[label < 255]).all()
+    assert (label >= 2).mean() > 0.02  # objects are in view
+    # a painted object is one hue (shading, grain and its highlight change brightness); a photo crop has many
+    from scipy import ndimage
+
+    chroma = rgb.astype(float) / (rgb.astype(float).sum(-1, keepdims=True) + 1e-6)
+    spreads = []
+    for c in range(2, 6):
+        regions, count = ndimage.label(label == c)
+        for region in range(1, count + 1):
+            pixels = chroma[regions == region]
+            if len(pixels) > 20:  # median absolute deviation of the chromaticity over one object
+                spreads.append(np.median(np.abs(pixels - np.median(pixels, 0)), 0).max())
+    assert spreads and ((max(spreads) < 0.01) if objects == "painted" else (max(spreads) > 0.02)), spreads
+    with pytest.raises(UserError, match="objects="):
+        render_scene(np.random.default_rng(3), textures, 64, "plastic")

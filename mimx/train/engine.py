@@ -93,6 +93,7 @@ class StepContext:
     shared: torch.Generator  # same seed and state on every rank
     local: torch.Generator  # seeded per rank
     dtype: torch.dtype = torch.float32  # dtype of the model's inputs (bf16 under bf16-pure)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # loss terms to log as ``loss_<name>``
 
     def global_noise(self, batch: int, length: int) -> torch.Tensor:
         """Noise for this rank's slice of the global batch, so masks do not depend on the process count."""
@@ -269,6 +270,7 @@ class Trainer:
         self.model.train()
         data = iter(self.loader)
         running = torch.zeros((), device=self.device)
+        running_parts: dict[str, torch.Tensor] = {}
         running_n = 0
         last_loss: float | None = None
         tick, tick_step = time.perf_counter(), self.step
@@ -288,6 +290,8 @@ class Trainer:
                             loss = self.task.loss(self.wrapped, batch, ctx)
                         self.precision.backward(loss / cfg.accum_steps)
                     running += loss.detach().float()
+                    for name, part in ctx.parts.items():
+                        running_parts[name] = running_parts.get(name, 0) + part.detach().float()
                     running_n += 1
                 self.precision.step(self.optimizer, self.model, cfg.clip_grad)
                 self.step += 1
@@ -306,17 +310,22 @@ class Trainer:
                     speed = (self.step - tick_step) * self.global_batch / max(1e-9, now - tick)
                     tick, tick_step = now, self.step
                     running.zero_()
+                    parts = {f"loss_{name}": round(all_reduce_mean(total / max(1, running_n)).item(), 6)
+                             for name, total in sorted(running_parts.items())}
+                    running_parts.clear()
                     running_n = 0
                     skipped = getattr(getattr(self.loader, "skips", None), "count", 0)
                     if main:
                         row = {"epoch": round(self.step * self.global_batch / self.samples_per_epoch, 4),
                                "loss": round(mean_loss, 6), "lr": lr, "samples_per_s": round(speed, 2),
-                               "skipped": skipped}
+                               "skipped": skipped, **parts}
                         metrics.log(row, self.step)
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{speed:.1f}")
                         if lines_on:
+                            detail = "".join(f" {k[5:]} {v:.4f}" for k, v in parts.items())
                             print(f"[mimx] step {self.step}/{self.total_steps} epoch {row['epoch']:.2f} "
-                                  f"loss {mean_loss:.4f} lr {lr:.2e} {speed:.1f} samples/s", file=sys.stderr)
+                                  f"loss {mean_loss:.4f}{f' ({detail.strip()})' if detail else ''} lr {lr:.2e} "
+                                  f"{speed:.1f} samples/s", file=sys.stderr)
                     stopped = any_rank(self._stop_requested, self.device)
                 if not self.dist.enabled:
                     stopped = self._stop_requested

@@ -6,6 +6,8 @@ pixels, trained on the frozen features: class logits for ``semseg`` (scored by m
 present), log-depth for ``depth`` (scored by delta1 = share of pixels with max(pred/gt, gt/pred) < 1.25,
 and abs-rel = mean |pred - gt| / gt, over valid pixels). The learning rate and epoch are chosen on
 validation (``data.val`` shards, else a split carved from ``data.train``); the test split is scored once.
+``head.kind=adapter`` trains nothing: it scores the model's own output adapter predicting the target from
+the inputs (cross-modal prediction), with depth put back in metres by each image's true mean and spread.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
-from mimx.modalities.multimodal.model import MultiMAE, multimae_config
+from mimx.modalities.multimodal.model import MultiMAE, depth_moments, multimae_config
 from mimx.patches import patchify
 from mimx.protocols import EvalData, EvalSplitConfig, checkpoint_step, write_result
 from mimx.train.checkpoint import load_trained
@@ -40,10 +42,14 @@ class MultiEvalDataConfig(EvalSplitConfig):
     target: str | None = None  # the modality the probe predicts (default: semseg or depth by probe)
 
 
+HEADS = ("linear", "adapter")
+
+
 @dataclass
 class ProbeConfig:
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
-    epochs: int = 30
+    kind: str = "linear"  # linear: trained per-patch head | adapter: the model's own output adapter, untrained
+    lrs: list[float] = field(default_factory=lambda: [3e-3, 1e-2, 3e-2, 1e-1])
+    epochs: int = 50
     batch_size: int = 64
     weight_decay: float = 1e-4
     finetune: bool = False  # train the encoder (and the inputs' adapters) with the head, on augmented crops
@@ -168,6 +174,42 @@ def _head(dim: int, per_patch: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.LayerNorm(dim, elementwise_affine=False), torch.nn.Linear(dim, per_patch))
 
 
+def adapter_scores(model: MultiMAE, data: EvalData, inputs: list[str], target: str, kind: str, num_classes: int,
+                   device: torch.device, precision: Precision) -> dict[str, Any]:
+    """Validation and test scores of the pretrained output adapter of ``target`` given ``inputs``; nothing is
+    trained or chosen.
+
+    Depth comes out standardised per image; it is put back in metres with the ground truth's own mean
+    and spread over valid pixels (relative depth: scale and shift are not the model's to know).
+    """
+    p = model.config.patch_size
+
+    def score(part: str) -> dict[str, Any]:
+        logits, targets = [], []
+        for batch in data.batches(part):
+            if "present" not in batch:
+                continue
+            maps = {n: batch[n].to(device) for n in inputs}
+            with torch.no_grad(), precision.autocast():
+                pred = model.predict(maps, inputs, [target])[target].float().cpu()
+            raw = _patch_targets(batch[target], kind, num_classes, p)
+            if kind == "depth":
+                pred = _unstandardize(pred, raw).clamp_min(1e-3).log()
+            logits.append(pred)
+            targets.append(raw)
+        if not logits:
+            raise UserError(f"no readable sample in the {part} split; check data.{part}")
+        return _scores(kind, torch.cat(logits), torch.cat(targets), num_classes, per_class=part == "test")
+
+    return {"val": score("val"), "test": score("test"), "chosen": {}, "history": []}
+
+
+def _unstandardize(pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """Per-image standardised depth back in metres with the mean and spread of ``depth``'s valid pixels."""
+    mean, std, _ = depth_moments(depth)
+    return pred * std + mean
+
+
 def finetune_dense(model: MultiMAE, kind: str, data: EvalData, inputs: list[str], target: str, num_classes: int,
                    cfg: ProbeConfig, device: torch.device, precision: Precision, seed: int = 0) -> dict[str, Any]:
     """Encoder + per-patch head trained end to end from ``inputs``; the epoch is chosen on validation."""
@@ -213,6 +255,10 @@ def finetune_dense(model: MultiMAE, kind: str, data: EvalData, inputs: list[str]
     return {"val": best["val"], "test": score("test"), "chosen": {"epoch": best["epoch"]}, "history": history}
 
 
+def _variant(cfg: ProbeConfig) -> str:
+    return "-adapter" if cfg.kind == "adapter" else "-finetune" if cfg.finetune else ""
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run one dense probe as configured in ``configs/multimodal/eval.yaml``; returns the result dict."""
     if cfg.probe not in PROBES:
@@ -221,13 +267,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"encoder={cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
     data_cfg = from_mapping(MultiEvalDataConfig, cfg.data, "data")
     probe_cfg = from_mapping(ProbeConfig, cfg.head, "head")
+    if probe_cfg.kind not in HEADS:
+        raise UserError(f"head.kind={probe_cfg.kind!r}; choose one of {', '.join(HEADS)}")
     device = pick_device(cfg.device)
     model = load_multimae(cfg.checkpoint)
     if cfg.encoder == "random":
         torch.manual_seed(cfg.seed)
         model = MultiMAE(model.config)
     model = model.eval().to(device)
-    inputs = list(to_plain(cfg.inputs))
+    raw = to_plain(cfg.inputs)
+    inputs = [n.strip() for n in raw.split(",") if n.strip()] if isinstance(raw, str) else list(raw)
     missing = [n for n in inputs if n not in model.inputs]
     if missing:
         raise UserError(f"inputs {missing} are not input modalities of this model ({model.inputs})")
@@ -248,7 +297,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     precision = Precision(cfg.precision, device)
     set_fused_attention(model, precision.prefers_fused_attention())
     started = time.perf_counter()
-    if probe_cfg.finetune:
+    if probe_cfg.kind == "adapter":
+        if target not in model.targets:
+            raise UserError(f"head.kind=adapter needs a model that predicts {target!r} (its tasks: {model.targets})")
+        outcome = adapter_scores(model, data, inputs, target, kind, num_classes, device, precision)
+        sizes = {"train": 0, "val": data.count("val"), "test": data.count("test")}
+    elif probe_cfg.finetune:
         outcome = finetune_dense(model, kind, data, inputs, target, num_classes, probe_cfg, device, precision,
                                  seed=cfg.seed)
         sizes = {part: data.count(part) for part in ("train", "val", "test")}
@@ -259,7 +313,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sizes = {part: len(parts[part][0]) for part in parts}
     key = "miou" if kind == "classes" else "delta1"
     result: dict[str, Any] = {
-        "protocol": f"{cfg.probe}{'-finetune' if probe_cfg.finetune else ''}-{'+'.join(inputs)}",
+        "protocol": f"{cfg.probe}{_variant(probe_cfg)}-{'+'.join(inputs)}",
         "encoder": cfg.encoder, "checkpoint": str(cfg.checkpoint),
         "checkpoint_step": checkpoint_step(cfg.checkpoint), "inputs": inputs, "target": target,
         "metric": "mIoU" if kind == "classes" else "delta1",

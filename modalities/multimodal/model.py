@@ -130,18 +130,27 @@ def valid_depth(depth: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(depth) & (depth > 0)
 
 
+def depth_moments(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image mean and standard deviation of the valid pixels of ``depth [B, ...]`` (shaped to broadcast
+    against it), and the valid mask."""
+    depth = depth.float()
+    valid = valid_depth(depth)
+    safe = torch.where(valid, depth, torch.zeros_like(depth))
+    shape = (-1,) + (1,) * (depth.dim() - 1)
+    count = valid.flatten(1).sum(1).clamp_min(1).view(shape)
+    mean = safe.flatten(1).sum(1).view(shape) / count
+    var = (torch.where(valid, safe - mean, torch.zeros_like(safe)) ** 2).flatten(1).sum(1).view(shape) / count
+    return mean, var.sqrt(), valid
+
+
 def standardize_depth(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image standardised depth ``[B, 1, H, W]`` over its valid pixels (finite, > 0); invalid -> 0.
 
     Returns ``(standardised, valid)``. An image without any valid pixel is all 0 and all invalid.
     """
+    mean, std, valid = depth_moments(depth)
     depth = depth.float()
-    valid = valid_depth(depth)
-    safe = torch.where(valid, depth, torch.zeros_like(depth))
-    count = valid.flatten(1).sum(1).clamp_min(1).view(-1, 1, 1, 1)
-    mean = safe.flatten(1).sum(1).view(-1, 1, 1, 1) / count
-    var = (torch.where(valid, safe - mean, torch.zeros_like(safe)) ** 2).flatten(1).sum(1).view(-1, 1, 1, 1) / count
-    return torch.where(valid, (safe - mean) / (var.sqrt() + 1e-6), torch.zeros_like(safe)), valid
+    return torch.where(valid, (depth - mean) / (std + 1e-6), torch.zeros_like(depth)), valid
 
 
 class MultiMAE(nn.Module):
@@ -327,6 +336,17 @@ class MultiMAE(nn.Module):
             raise UserError(f"{unknown} are not input modalities of this model (inputs: {self.inputs})")
         tokens, _ = self.tokens(batch, names)
         return self.encoder(tokens, tokens.new_zeros(1, 1, tokens.shape[-1]), None)
+
+    def predict(self, batch: Mapping[str, torch.Tensor], inputs: list[str], targets: list[str] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Cross-modal prediction: every token of ``inputs`` visible, each target fully hidden and predicted by
+        its output adapter: ``{target: [B, L, p*p*values]}`` (class logits; standardised depth; pixels)."""
+        targets = targets or [n for n in self.targets if n not in inputs]
+        unknown = [n for n in targets if n not in self.targets]
+        if unknown:
+            raise UserError(f"{unknown} are not output tasks of this model (tasks: {self.targets})")
+        latent = self.encode(batch, inputs)
+        return {n: self.output_adapters[n](latent, self.config.grid) for n in targets}
 
     def patch_features(self, batch: Mapping[str, torch.Tensor], names: list[str] | None = None) -> torch.Tensor:
         """Per-patch features ``[B, L, D]``: the mean over the given modalities of each patch's tokens."""

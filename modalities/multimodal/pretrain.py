@@ -58,8 +58,10 @@ class MultiPretrainTask:
         weights = sample_dirichlet(ctx.world * b, self.config.alpha, groups, generator=ctx.shared)
         weights = weights[ctx.rank * b:(ctx.rank + 1) * b] * in_present.float()
         weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
-        return model(maps, present=present, noise=ctx.global_noise(b, lengths), weights=weights,
-                     generator=ctx.local).loss
+        out = model(maps, present=present, noise=ctx.global_noise(b, lengths), weights=weights,
+                    generator=ctx.local)
+        ctx.parts.update(out.losses)  # logged per task: loss_rgb, loss_depth, loss_semseg
+        return out.loss
 
     def figure(self, model: MultiMAE, path: Path) -> None:
         if self.figure_batch is None:
