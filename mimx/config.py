@@ -26,6 +26,14 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def name_list(value: str | Sequence[str] | None) -> list[str]:
+    """Names from a comma-separated string (``rgb,depth``; one bare name is a one-item list) or a list."""
+    if value is None:
+        return []
+    parts = value.split(",") if isinstance(value, str) else list(to_plain(value))
+    return [str(n).strip() for n in parts if str(n).strip()]
+
+
 def from_mapping(cls: type[T], values: Mapping[str, Any] | None, section: str) -> T:
     """Build dataclass ``cls`` from ``values``; an unknown key gets one error with the valid keys."""
     values = dict(to_plain(values) or {})

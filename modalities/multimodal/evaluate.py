@@ -13,6 +13,7 @@ the inputs (cross-modal prediction), with depth put back in metres by each image
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from mimx.config import UserError, from_mapping, to_plain
+from mimx.config import UserError, from_mapping, name_list
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
 from mimx.modalities.multimodal.model import MultiMAE, depth_moments, multimae_config
 from mimx.patches import patchify
@@ -90,20 +91,23 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 
 def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str, num_classes: int, device,
-             precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen patch features ``[N, L, D]`` and per-patch targets ``[N, L, p*p]`` of one part."""
+             precision: Precision, forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward(maps)`` for each batch of one part (default: frozen patch features ``[N, L, D]``) and the
+    per-patch targets ``[N, L, p*p]``."""
+    forward = forward or (lambda maps: model.patch_features(maps, inputs))
     p = model.config.patch_size
-    feats, targets = [], []
+    outputs, targets = [], []
     for batch in loader:
         if "present" not in batch:
             continue
         maps = {n: batch[n].to(device) for n in inputs}
         with torch.no_grad(), precision.autocast():
-            feats.append(model.patch_features(maps, inputs).float().cpu())
+            outputs.append(forward(maps).float().cpu())
         targets.append(_patch_targets(batch[target], kind, num_classes, p))
-    if not feats:
+    if not outputs:
         raise UserError("no readable sample in this split; check data.train / data.val / data.test")
-    return torch.cat(feats), torch.cat(targets)
+    return torch.cat(outputs), torch.cat(targets)
 
 
 def _patch_targets(raw: torch.Tensor, kind: str, num_classes: int, patch: int) -> torch.Tensor:
@@ -182,24 +186,15 @@ def adapter_scores(model: MultiMAE, data: EvalData, inputs: list[str], target: s
     Depth comes out standardised per image; it is put back in metres with the ground truth's own mean
     and spread over valid pixels (relative depth: scale and shift are not the model's to know).
     """
-    p = model.config.patch_size
+    def predict(maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.predict(maps, inputs, [target])[target]
 
     def score(part: str) -> dict[str, Any]:
-        logits, targets = [], []
-        for batch in data.batches(part):
-            if "present" not in batch:
-                continue
-            maps = {n: batch[n].to(device) for n in inputs}
-            with torch.no_grad(), precision.autocast():
-                pred = model.predict(maps, inputs, [target])[target].float().cpu()
-            raw = _patch_targets(batch[target], kind, num_classes, p)
-            if kind == "depth":
-                pred = _unstandardize(pred, raw).clamp_min(1e-3).log()
-            logits.append(pred)
-            targets.append(raw)
-        if not logits:
-            raise UserError(f"no readable sample in the {part} split; check data.{part}")
-        return _scores(kind, torch.cat(logits), torch.cat(targets), num_classes, per_class=part == "test")
+        pred, targets = _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision,
+                                 forward=predict)
+        if kind == "depth":
+            pred = _unstandardize(pred, targets).clamp_min(1e-3).log()
+        return _scores(kind, pred, targets, num_classes, per_class=part == "test")
 
     return {"val": score("val"), "test": score("test"), "chosen": {}, "history": []}
 
@@ -275,8 +270,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         model = MultiMAE(model.config)
     model = model.eval().to(device)
-    raw = to_plain(cfg.inputs)
-    inputs = [n.strip() for n in raw.split(",") if n.strip()] if isinstance(raw, str) else list(raw)
+    inputs = name_list(cfg.inputs)
     missing = [n for n in inputs if n not in model.inputs]
     if missing:
         raise UserError(f"inputs {missing} are not input modalities of this model ({model.inputs})")

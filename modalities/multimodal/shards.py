@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mimx.config import UserError
+from mimx.config import UserError, name_list
 from mimx.data.shards import add_shard_arguments, print_summary, write_dataset
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
     add_shard_arguments(parser, "folder with one subfolder per modality", "aligned")
     parser.add_argument("--modalities", default="rgb,depth,semseg", help="modality folders (default rgb,depth,semseg)")
     args = parser.parse_args(argv)
-    summary = write_multimodal_shards(args.src, args.out, [m.strip() for m in args.modalities.split(",") if m.strip()],
+    summary = write_multimodal_shards(args.src, args.out, name_list(args.modalities),
                                       prefix=args.prefix, max_size=args.max_size, max_count=args.max_count,
                                       shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite)
     print_summary(summary, args.out, "aligned samples")

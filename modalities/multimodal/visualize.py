@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from mimx.config import name_list
 from mimx.data.sources import first_decoded
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
 from mimx.modalities.multimodal.evaluate import load_multimae
@@ -47,6 +48,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="mask seed: the same seed gives the same figure")
     parser.add_argument("--inputs", default=None, help="comma-separated input modalities to keep (e.g. rgb)")
     args = parser.parse_args(argv)
-    inputs = [m.strip() for m in args.inputs.split(",")] if args.inputs else None
+    inputs = name_list(args.inputs) or None
     print(f"wrote {visualize(args.checkpoint, args.sources, args.out, count=args.num, seed=args.seed, inputs=inputs)}")
     return 0
