@@ -158,3 +158,38 @@ def test_bf16_pure_trains_as_well_as_autocast(samples, tmp_path):
         final[precision] = float(read_metrics(tmp_path / precision)[-1]["loss"])
     assert abs(final["bf16-pure"] - final["fp32"]) < 0.05 * final["fp32"], final
     assert abs(final["bf16"] - final["fp32"]) < 0.05 * final["fp32"], final
+
+
+ALLOCATOR_PROBE = """
+import resource, torch
+from mimx.train.allocator import tune_cpu_allocator
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        x = torch.ones(16 * 2**20)  # 64 MiB, above glibc's largest mmap threshold, freed each time
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+system = faults()
+assert tune_cpu_allocator("auto", torch.device("cuda")) == "system"  # GPU training leaves the host alone
+mode = tune_cpu_allocator("auto", torch.device("cpu"))
+faults()  # the first cycle grows the heap once
+print(mode, system, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator setting")
+def test_heap_allocator_stops_page_faults_on_large_tensors():
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], capture_output=True, text=True, check=True)
+    mode, system, heap = out.stdout.split()
+    assert mode == "heap"
+    assert int(system) > 3 * 16 * 2**20 * 4 // 4096 // 2  # the system allocator faults in the pages every time
+    assert int(heap) < 1000  # the heap reuses them
+
+
+def test_cpu_allocator_rejects_unknown_mode():
+    from mimx.train.allocator import tune_cpu_allocator
+
+    with pytest.raises(UserError, match="cpu_allocator"):
+        tune_cpu_allocator("jemalloc", torch.device("cpu"))

@@ -117,6 +117,9 @@ def hf_video_model(preset: str, image: int, patch: int, frames: int, tubelet: in
 
 
 def measure_step(args: argparse.Namespace) -> dict:
+    from mimx.train.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator(args.cpu_allocator, device_of(args.device))  # the same for every implementation
     if args.modality == "video":
         return measure_video_step(args)
     return measure_image_step(args)
@@ -271,7 +274,7 @@ def run_child(args: argparse.Namespace, impl: str, precision: str) -> dict:
            "--batch", str(args.batch), "--image", str(args.image), "--patch", str(args.patch),
            "--mask-ratio", str(args.mask_ratio), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--device", args.device, "--threads", str(args.threads or 0), "--modality", args.modality,
-           "--frames", str(args.frames), "--tubelet", str(args.tubelet)]
+           "--frames", str(args.frames), "--tubelet", str(args.tubelet), "--cpu-allocator", args.cpu_allocator]
     if args.compile:
         cmd.append("--compile")
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -291,7 +294,7 @@ def cmd_step(args: argparse.Namespace) -> None:
     print(f"# train step: {what} mask {args.mask_ratio}, batch {args.batch}, median of {args.steps} timed steps "
           f"after {args.warmup} warm-up, best of "
           f"{args.repeats} interleaved round(s), device {device}, "
-          f"threads {args.threads or torch.get_num_threads()}")
+          f"threads {args.threads or torch.get_num_threads()}, CPU allocator {args.cpu_allocator} for all")
     flops = step_flops(args)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {p: matmul_peak(dtypes[p], device) for p in {q.replace("-pure", "") for q in args.precisions}}
@@ -594,6 +597,8 @@ def main() -> None:
         p.add_argument("--device", default="auto")
         p.add_argument("--threads", type=int, default=0)
         p.add_argument("--compile", action="store_true")
+        p.add_argument("--cpu-allocator", choices=["heap", "system"], default="heap",
+                       help="host allocator for every implementation (mimx.train.allocator; mimx training's default)")
         if name == "step":
             p.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16", "bf16-pure"])
             p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round counts")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mimx.config import UserError
 from mimx.train import checkpoint as ckpt
+from mimx.train.allocator import tune_cpu_allocator
 from mimx.train.distributed import DistInfo, all_reduce_mean, any_rank, gather_objects
 from mimx.train.metrics import MetricsLog
 from mimx.train.optim import WarmupCosine, build_adamw, param_groups
@@ -53,6 +54,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-pure (bf16 weights, fp32 masters) | fp16
     fused_attention: str | bool = "auto"  # auto (fused SDPA, but matmul + softmax for bf16 on CPU) | true | false
     device: str = "auto"  # auto | cpu | cuda
+    cpu_allocator: str = "auto"  # auto (heap on the CPU: no page faults for large tensors every step) | heap | system
     compile: bool = False
     grad_checkpointing: bool = False
     seed: int = 0
@@ -122,6 +124,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config or {}
         self.device = dist.device
+        self.allocator = tune_cpu_allocator(cfg.cpu_allocator, self.device)
         self.precision = Precision(cfg.precision, self.device)
         if cfg.accum_steps < 1 or cfg.batch_size < 1:
             raise UserError("train.batch_size and train.accum_steps must be at least 1")
@@ -264,7 +267,7 @@ class Trainer:
             print(f"[mimx] {self.task.modality} pretraining: {self.total_steps} steps of {self.global_batch} samples "
                   f"({self.dist.world} process(es) x {cfg.batch_size} x {cfg.accum_steps} accumulation), "
                   f"peak lr {self.peak_lr:.3g}, precision {self.precision.label()}, "
-                  f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
+                  f"device {self.device} ({self.allocator} allocator), run folder {self.run_dir}", file=sys.stderr)
         if self.step == 0 and main and cfg.figure_every:
             self._figure()
         self.model.train()
