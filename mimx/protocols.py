@@ -22,7 +22,7 @@ from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.shards import expand_shards
 from mimx.data.split import FilteredDecoder, SplitFilter, count_kept
 from mimx.data.stream import Decoder, MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
-from mimx.evaluation import accuracy, knn_predict, train_linear_probe
+from mimx.evaluation import accuracy, knn_predict, probe_predict, train_attentive_probe, train_linear_probe
 from mimx.train.finetune import FinetuneConfig, finetune, predict
 from mimx.train.metrics import MetricsLog
 from mimx.train.precision import Precision
@@ -56,6 +56,15 @@ class SvmConfig:
     cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
     max_iter: int = 20000
     standardize: bool = True  # scale features to zero mean, unit variance (statistics of the training part)
+
+
+@dataclass
+class AttentiveConfig:
+    lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    epochs: int = 20
+    batch_size: int = 64
+    weight_decay: float = 0.05
+    heads: int = 4
 
 
 @dataclass
@@ -153,18 +162,25 @@ class _LabelOnly:
 
 
 @torch.no_grad()
-def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]], torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``featurize(batch)`` over a loader: float32 features ``[N, D]`` on the CPU and labels ``[N]``."""
+def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]], torch.Tensor],
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``featurize(batch)`` over a loader: features ``[N, ...]`` as ``dtype`` on the CPU and labels ``[N]``.
+
+    Token features for the attentive probe are kept as bf16 (half the memory of a large cache)."""
     feats, labels = [], []
     for batch in loader:
         if "label" not in batch:  # a final report-only batch of a finite stream
             continue
-        feats.append(featurize(batch).float().cpu())
+        feats.append(featurize(batch).to(dtype).cpu())
         labels.append(batch["label"].long())
     if not feats:
         raise UserError("no labelled sample in this split; check data.val_fraction and the shards")
     return torch.cat(feats), torch.cat(labels)
+
+
+def feature_dtype(protocol: str) -> torch.dtype:
+    """How frozen features are cached for ``protocol``: bf16 tokens for the attentive probe, else fp32."""
+    return torch.bfloat16 if protocol == "attentive" else torch.float32
 
 
 def check_choice(value: str, choices: Sequence[str], key: str, usage: str = "") -> None:
@@ -222,13 +238,16 @@ def check_labels(labels: torch.Tensor, num_classes: int, part: str) -> None:
 
 def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
                     num_classes: int | None) -> dict[str, Any]:
-    """kNN, linear probe or linear SVM on frozen ``train``/``val``/``test`` features; the test part is scored once."""
+    """kNN, linear probe, attentive probe or linear SVM on frozen ``train``/``val``/``test`` features.
+
+    Features are ``[N, D]``; the attentive probe takes token features ``[N, L, D]`` or ``[N, V, L, D]``.
+    The test part is scored once."""
     num_classes = num_classes or int(parts["train"][1].max()) + 1
     for part, (_, labels) in parts.items():
         check_labels(labels, num_classes, part)
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts["train"], parts["val"], parts["test"]
     result: dict[str, Any] = dict(num_classes=num_classes, train_samples=len(tr_y), val_samples=len(va_y),
-                                  test_samples=len(te_y), feature_dim=tr_x.shape[1])
+                                  test_samples=len(te_y), feature_dim=tr_x.shape[-1])
     if protocol == "knn":
         knn = from_mapping(KnnConfig, cfg.knn, "knn")
         result["val_top1"] = accuracy(knn_predict(tr_x, tr_y, va_x, num_classes, knn.k, knn.temperature), va_y)
@@ -241,14 +260,20 @@ def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch
         svm = from_mapping(SvmConfig, cfg.svm, "svm")
         result.update(svm_protocol(svm, parts, seed=cfg.seed))
         return result
-    lin = from_mapping(LinearConfig, cfg.linear, "linear")
-    probe = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(lin.lrs), epochs=lin.epochs,
-                               batch_size=lin.batch_size, weight_decay=lin.weight_decay, seed=cfg.seed)
-    with torch.no_grad():
-        probe.model.eval()
-        result["test_top1"] = accuracy(probe.model(te_x).argmax(1), te_y)
-    result.update(val_top1=probe.val_top1, chosen={"lr": probe.lr, "epoch": probe.epoch}, linear=asdict(lin),
-                  history=probe.history)
+    if protocol == "attentive":
+        att = from_mapping(AttentiveConfig, cfg.attentive, "attentive")
+        probe = train_attentive_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(att.lrs), epochs=att.epochs,
+                                      batch_size=att.batch_size, weight_decay=att.weight_decay, heads=att.heads,
+                                      seed=cfg.seed)
+        settings = {"attentive": asdict(att), "tokens": tr_x.shape[-2]}
+    else:
+        lin = from_mapping(LinearConfig, cfg.linear, "linear")
+        probe = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(lin.lrs), epochs=lin.epochs,
+                                   batch_size=lin.batch_size, weight_decay=lin.weight_decay, seed=cfg.seed)
+        settings = {"linear": asdict(lin)}
+    result["test_top1"] = accuracy(probe_predict(probe.model, te_x.float() if te_x.dim() == 2 else te_x), te_y)
+    result.update(val_top1=probe.val_top1, chosen={"lr": probe.lr, "epoch": probe.epoch}, history=probe.history,
+                  **settings)
     return result
 
 

@@ -11,7 +11,7 @@ from conftest import tiny_overrides
 
 from mimx.config import compose
 from mimx.data.split import SplitFilter, in_fraction
-from mimx.evaluation import accuracy, knn_predict, train_linear_probe
+from mimx.evaluation import accuracy, knn_predict, probe_predict, train_attentive_probe, train_linear_probe
 from mimx.modalities.image.pretrain import pretrain
 from mimx.train.finetune import layer_decay_groups, vit_layer_id
 
@@ -43,6 +43,42 @@ def test_linear_probe_learns_a_separable_set():
     result.model.eval()
     assert accuracy(result.model(sx).argmax(1), sy) == 100.0
     assert len(result.history) == 20
+
+
+def marked_token_set(n: int, gen: torch.Generator, length: int = 8, classes: int = 4, dim: int = 16):
+    """Every token codes a random class; the label is the class of the one token with a marker feature."""
+    codes = torch.randint(0, classes, (n, length), generator=gen)
+    x = torch.zeros(n, length, dim).scatter_(2, codes.unsqueeze(-1), 1.0)
+    marked = torch.randint(0, length, (n,), generator=gen)
+    x[torch.arange(n), marked, classes] = 1.0
+    return x + 0.1 * torch.randn(n, length, dim, generator=gen), codes[torch.arange(n), marked]
+
+
+def test_attentive_probe_finds_the_token_that_mean_pooling_dilutes():
+    gen = torch.Generator().manual_seed(0)
+    (tx, ty), (vx, vy), (sx, sy) = (marked_token_set(n, gen) for n in (800, 200, 400))
+    attentive = train_attentive_probe(tx, ty, vx, vy, 4, lrs=(3e-3,), epochs=20)
+    assert accuracy(probe_predict(attentive.model, sx), sy) >= 97.0
+    mean = train_linear_probe(tx.mean(1), ty, vx.mean(1), vy, 4, lrs=(0.1,), epochs=20)
+    assert accuracy(probe_predict(mean.model, sx.mean(1)), sy) < 70.0  # the same tokens, mean-pooled
+    views = torch.stack([sx, sx.flip(1)], dim=1)  # [N, V, L, D]: token order does not matter, logits averaged
+    assert torch.equal(probe_predict(attentive.model, views), probe_predict(attentive.model, sx))
+
+
+def test_attentive_probe_equals_multihead_cross_attention():
+    from mimx.evaluation import AttentiveProbe
+
+    torch.manual_seed(0)
+    probe = AttentiveProbe(32, 5, heads=4)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    with torch.no_grad():  # the same projections; a key bias shifts every score alike, so any value works
+        mha.in_proj_weight.copy_(torch.cat([probe.q.weight, probe.k.weight, probe.v.weight]))
+        mha.in_proj_bias.copy_(torch.cat([probe.q.bias, torch.randn(32), probe.v.bias]))
+        mha.out_proj.load_state_dict(probe.proj.state_dict())
+    tokens = probe.norm(torch.randn(6, 20, 32))
+    query = probe.query.expand(6, 1, 32)
+    expected = query[:, 0] + mha(query, tokens, tokens, need_weights=False)[0][:, 0]
+    torch.testing.assert_close(probe.pool(tokens), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_splits_are_stable_and_disjoint():
@@ -82,6 +118,7 @@ def tiny_run(samples, tmp_path_factory):
     ("knn", []),
     ("knn", ["data.cache_mb=0"]),  # streamed splits instead of in-memory ones
     ("linear", ["linear.epochs=3", "linear.lrs=[0.1]"]),
+    ("attentive", ["attentive.epochs=2", "attentive.lrs=[3e-3]"]),
     ("finetune", ["finetune.epochs=3", "finetune.warmup_epochs=1", "finetune.base_lr=1e-2", "finetune.batch_size=64",
                   "data.label_fraction=0.5", "data.scale=[0.8,1.0]", "data.hflip=0", "data.num_workers=1"]),
 ])

@@ -81,6 +81,9 @@ def test_viewer_eval_and_export_from_the_cli(shapes, tmp_path, capsys):
     result = json.loads((run_dir / "eval-svm-pretrained.json").read_text())
     assert result["train_samples"] == 40 and result["val_samples"] == 20 and result["test_samples"] == 20
     assert result["feature_dim"] == 96 and "C" in result["chosen"]
+    assert main(["points", "eval", "attentive", *common, "attentive.epochs=2", "attentive.lrs=[1e-3]"]) == 0
+    result = json.loads((run_dir / "eval-attentive-pretrained.json").read_text())
+    assert result["feature_dim"] == 48 and result["tokens"] == 16 and 0 <= result["test_top1"] <= 100
     assert main(["points", "eval", "finetune", *common, "finetune.epochs=1", "finetune.batch_size=8",
                  "data.test_votes=2"]) == 0
     result = json.loads((run_dir / "eval-finetune-pretrained.json").read_text())

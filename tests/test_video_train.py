@@ -77,11 +77,12 @@ def test_visualize_is_seeded_and_writes_strip_and_animation(trained, digits, tmp
     assert (tmp_path / "a.gif").stat().st_size > 0
 
 
-@pytest.mark.parametrize("protocol", ["linear", "finetune"])
+@pytest.mark.parametrize("protocol", ["linear", "attentive", "finetune"])
 def test_eval_end_to_end(trained, digits, tmp_path, protocol):
     args = ["video", "eval", protocol, f"checkpoint={trained}", f"data.train={digits}/train",
             f"data.test={digits}/test", "data.rate=1", "data.test_clips=2", "data.test_crops=1",
             "data.label_key=direction", "data.batch_size=16", "data.val_fraction=0.25", "linear.epochs=3",
+            "attentive.epochs=2", "attentive.lrs=[1e-3]",
             "finetune.epochs=1", "finetune.batch_size=8", f"run.dir={tmp_path}"]
     assert main(args) == 0
     result = json.loads((tmp_path / f"eval-{protocol}-pretrained.json").read_text())

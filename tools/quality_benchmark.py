@@ -1,11 +1,13 @@
-"""Quality benchmark on real data: MAE pretraining on Fashion-MNIST, then kNN, linear probe and few-label fine-tuning.
+"""Quality benchmark on real data: MAE pretraining on Fashion-MNIST, then kNN, linear and attentive probes and
+few-label fine-tuning.
 
     python tools/quality_benchmark.py [--data data/fashion_mnist] [--out runs/fmnist_bench] [--epochs 12]
     python tools/quality_benchmark.py --quick      # MNIST 5k sample shards, a few minutes
 
 1. Pretrains a small ViT MAE on the 60,000 training images without labels.
 2. kNN and linear probe on the test set for: the MAE encoder, the same encoder
-   at random init, and raw pixels.
+   at random init, and raw pixels; the attentive probe (patch tokens) for the
+   first two.
 3. Fine-tunes with 1 % and 10 % of the training labels: MAE-initialised against
    trained from scratch with the same budget.
 Every choice (probe lr and epoch, fine-tune epoch) is made on a validation split
@@ -66,8 +68,8 @@ def main() -> None:
                                f"run.dir={pretrain_run}"])
     common = [f"checkpoint={pretrain_run}", f"data.train={train}", f"data.test={test}", "data.num_workers=2"]
     results: dict[str, dict] = {}
-    for protocol in ("knn", "linear"):
-        for encoder in ("pretrained", "random", "pixels"):
+    for protocol in ("knn", "linear", "attentive"):
+        for encoder in ("pretrained", "random") if protocol == "attentive" else ("pretrained", "random", "pixels"):
             name = f"{protocol}-{encoder}"
             timings[name] = run([*MIMX, "image", "eval", protocol, *common, f"encoder={encoder}", "pool=mean",
                                  f"run.dir={out / 'eval' / name}"])

@@ -1,4 +1,4 @@
-"""``mimx image eval knn|linear|finetune``: protocols on labelled image shards (see :mod:`mimx.protocols`)."""
+"""``mimx image eval knn|linear|attentive|finetune``: protocols on labelled image shards (see :mod:`mimx.protocols`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mimx.protocols import (
     check_choice,
     checkpoint_step,
     extract_features,
+    feature_dtype,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
@@ -30,7 +31,7 @@ from mimx.train.distributed import pick_device
 from mimx.train.finetune import FinetuneConfig
 from mimx.train.precision import Precision
 
-PROTOCOLS = ("knn", "linear", "finetune")
+PROTOCOLS = ("knn", "linear", "attentive", "finetune")
 ENCODERS = ("pretrained", "random", "pixels")
 
 
@@ -60,6 +61,8 @@ def _featurizer(encoder: ImageMAE | None, normalizer: Normalizer, pool: str, dev
             return x.flatten(1)
         with precision.autocast():
             tokens = encoder.encode(x.to(precision.input_dtype))
+        if pool == "tokens":  # the attentive probe: patch tokens [B, L, D]
+            return tokens[:, encoder.encoder.num_prefix_tokens:]
         return tokens[:, 0] if pool == "cls" else tokens[:, encoder.encoder.num_prefix_tokens:].mean(1)
 
     return featurize
@@ -81,8 +84,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     protocol, encoder_kind = cfg.protocol, cfg.encoder
     check_choice(protocol, PROTOCOLS, "protocol", "mimx image eval knn ...")
     check_choice(encoder_kind, ENCODERS, "encoder")
-    if encoder_kind == "pixels" and protocol == "finetune":
-        raise UserError("encoder=pixels has nothing to fine-tune; use knn or linear")
+    if encoder_kind == "pixels" and protocol in ("finetune", "attentive"):
+        raise UserError(f"encoder=pixels has no tokens for {protocol}; use knn or linear")
     if cfg.pool not in ("cls", "mean"):
         raise UserError(f"pool={cfg.pool!r}; choose cls or mean")
     data_cfg = from_mapping(EvalDataConfig, cfg.data, "data")
@@ -94,12 +97,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"protocol": protocol, "encoder": encoder_kind, "checkpoint": str(cfg.checkpoint),
                               "checkpoint_step": step, "pool": cfg.pool, "data": asdict(data_cfg)}
 
-    if protocol in ("knn", "linear"):
+    if protocol != "finetune":
         encoder = None if encoder_kind == "pixels" else mae
         precision = Precision(cfg.precision, device) if encoder is None else frozen_precision(mae, cfg.precision,
                                                                                               device)
-        featurize = _featurizer(encoder, normalizer, cfg.pool, device, precision)
-        parts = {part: extract_features(data.batches(part), featurize) for part in ("train", "val", "test")}
+        pool = "tokens" if protocol == "attentive" else cfg.pool
+        featurize = _featurizer(encoder, normalizer, pool, device, precision)
+        parts = {part: extract_features(data.batches(part), featurize, feature_dtype(protocol))
+                 for part in ("train", "val", "test")}
         result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")

@@ -1,10 +1,11 @@
-"""``mimx points eval svm|linear|knn|finetune``: protocols on labelled point-cloud shards.
+"""``mimx points eval svm|linear|knn|attentive|finetune``: protocols on labelled point-cloud shards.
 
 Frozen protocols use the encoder's max + mean pooled group features of the plain cloud (no
-augmentation); ``svm`` is a linear SVM with C chosen on validation (as Point-M2AE). Fine-tuning
-scores validation and test clouds with ``data.test_votes`` views (the plain cloud plus scaled ones,
-probabilities averaged; Point-MAE's voting). Choices are made on validation (``data.val`` shards,
-else a split carved from ``data.train``); the test shards are scored once. See :mod:`mimx.protocols`.
+augmentation; the attentive probe reads the group tokens); ``svm`` is a linear SVM with C chosen on
+validation (as Point-M2AE). Fine-tuning scores validation and test clouds with ``data.test_votes``
+views (the plain cloud plus scaled ones, probabilities averaged; Point-MAE's voting). Choices are
+made on validation (``data.val`` shards, else a split carved from ``data.train``); the test shards
+are scored once. See :mod:`mimx.protocols`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mimx.protocols import (
     check_choice,
     checkpoint_step,
     extract_features,
+    feature_dtype,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
@@ -36,7 +38,7 @@ from mimx.protocols import (
 from mimx.train.distributed import pick_device
 from mimx.train.finetune import FinetuneConfig
 
-PROTOCOLS = ("svm", "linear", "knn", "finetune")
+PROTOCOLS = ("svm", "linear", "knn", "attentive", "finetune")
 ENCODERS = ("pretrained", "random")
 
 
@@ -82,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     mae = _load(cfg)
-    frozen = protocol in ("svm", "linear", "knn")  # frozen features come from the plain cloud: one view
+    frozen = protocol != "finetune"  # frozen features come from the plain cloud: one view
     data = point_eval_data(data_cfg, mae, 1 if frozen else data_cfg.test_votes)
     started = time.perf_counter()
     result: dict[str, Any] = {"protocol": protocol, "encoder": encoder_kind, "checkpoint": str(cfg.checkpoint),
@@ -91,13 +93,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if frozen:
         precision = frozen_precision(mae, cfg.precision, device)
 
+        pool = "tokens" if protocol == "attentive" else cfg.pool  # the attentive probe reads group tokens
+
         def featurize(batch: dict) -> torch.Tensor:
             x = batch["points"][:, 0].to(device, precision.input_dtype)
             with precision.autocast():
-                return mae.features(x, pool=cfg.pool).float()
+                return mae.features(x, pool=pool)
 
-        parts = {part: extract_features(data.batches(part), featurize) for part in ("train", "val", "test")}
-        result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes), pool=cfg.pool)
+        parts = {part: extract_features(data.batches(part), featurize, feature_dtype(protocol))
+                 for part in ("train", "val", "test")}
+        result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes), pool=pool)
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         if ft.cutmix or ft.mixup:

@@ -1,8 +1,9 @@
-"""``mimx video eval knn|linear|finetune``: protocols on labelled video shards with multi-view testing.
+"""``mimx video eval knn|linear|attentive|finetune``: protocols on labelled video shards with multi-view testing.
 
 Validation and test clips are scored with ``data.test_clips x data.test_crops``
 views per video (temporal clips x spatial crops): features are averaged over
-views for kNN and the linear probe, class probabilities for fine-tuning. See
+views for kNN and the linear probe, logits for the attentive probe (on the
+tokens of each view), class probabilities for fine-tuning. See
 :mod:`mimx.protocols` for the splits and where results go.
 """
 
@@ -28,6 +29,7 @@ from mimx.protocols import (
     check_choice,
     checkpoint_step,
     extract_features,
+    feature_dtype,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
@@ -36,7 +38,7 @@ from mimx.protocols import (
 from mimx.train.distributed import pick_device
 from mimx.train.finetune import FinetuneConfig
 
-PROTOCOLS = ("knn", "linear", "finetune")
+PROTOCOLS = ("knn", "linear", "attentive", "finetune")
 ENCODERS = ("pretrained", "random")
 
 
@@ -94,17 +96,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                               "checkpoint_step": checkpoint_step(cfg.checkpoint), "data": asdict(data_cfg),
                               "views": views}
 
-    if protocol in ("knn", "linear"):
+    if protocol != "finetune":
         precision = frozen_precision(mae, cfg.precision, device)
+        tokens = protocol == "attentive"
 
         def featurize(batch: dict) -> torch.Tensor:
             video = batch["video"].to(device)  # [B, V, C, T, H, W]
             x = normalizer(video.flatten(0, 1)).to(precision.input_dtype)
             with precision.autocast():
-                feats = mae.features(x)
-            return feats.float().view(video.shape[0], video.shape[1], -1).mean(1)
+                feats = mae.features(x, pool="tokens" if tokens else "mean")
+            feats = feats.view(*video.shape[:2], *feats.shape[1:])
+            return feats if tokens else feats.float().mean(1)  # tokens: [B, V, L, D], the probe averages views
 
-        parts = {part: extract_features(data.batches(part), featurize) for part in ("train", "val", "test")}
+        parts = {part: extract_features(data.batches(part), featurize, feature_dtype(protocol))
+                 for part in ("train", "val", "test")}
         result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
