@@ -1,7 +1,7 @@
 """Evaluation protocols on frozen features: weighted kNN, the MAE linear probe and an attentive probe.
 
-Both pick their choices on a validation split; the test split is scored once,
-with the chosen model.
+The probes make their choices (lr, epoch) on a validation split; the test
+split is scored once, with the chosen model.
 """
 
 from __future__ import annotations

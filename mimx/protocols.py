@@ -262,6 +262,8 @@ def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch
         return result
     if protocol == "attentive":
         att = from_mapping(AttentiveConfig, cfg.attentive, "attentive")
+        if att.heads < 1 or tr_x.shape[-1] % att.heads:
+            raise UserError(f"attentive.heads={att.heads} must divide the token width {tr_x.shape[-1]}")
         probe = train_attentive_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(att.lrs), epochs=att.epochs,
                                       batch_size=att.batch_size, weight_decay=att.weight_decay, heads=att.heads,
                                       seed=cfg.seed)
