@@ -77,17 +77,20 @@ def normalize_patches(patches: torch.Tensor, channels: int | None = None, eps: f
     count, each channel of a token is normalised on its own (VideoMAE).
     ``eps_outside`` divides by ``sqrt(var) + eps`` instead, as VideoMAE.
     """
-    mean, var = patch_stats(patches, channels)
-    return (patches - mean) / _scale(var, eps, eps_outside)
+    grouped = _grouped(patches, channels)
+    mean, var = _stats(grouped)
+    return ((grouped - mean) / _scale(var, eps, eps_outside)).flatten(-2)
 
 
-def patch_stats(patches: torch.Tensor, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance used by :func:`normalize_patches`, broadcastable to ``patches``."""
-    if channels is None:
-        return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
-    shaped = patches.unflatten(-1, (-1, channels))
-    mean, var = shaped.mean(dim=-2, keepdim=True), shaped.var(dim=-2, keepdim=True)
-    return mean.expand_as(shaped).flatten(-2), var.expand_as(shaped).flatten(-2)
+def _grouped(patches: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """``[..., P]`` as ``[..., values, groups]``: one group per channel, or the whole token as one."""
+    return patches.unsqueeze(-1) if channels is None else patches.unflatten(-1, (-1, channels))
+
+
+def _stats(grouped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # per group; the [..., groups] statistics broadcast, nothing of the token's size is materialised
+    var, mean = torch.var_mean(grouped, dim=-2, keepdim=True)
+    return mean, var
 
 
 def denormalize_patches(
@@ -95,8 +98,8 @@ def denormalize_patches(
     eps_outside: bool = False,
 ) -> torch.Tensor:
     """Undo :func:`normalize_patches` with the statistics of ``reference`` (the original patches)."""
-    mean, var = patch_stats(reference, channels)
-    return normalized * _scale(var, eps, eps_outside) + mean
+    mean, var = _stats(_grouped(reference, channels))
+    return (_grouped(normalized, channels) * _scale(var, eps, eps_outside) + mean).flatten(-2)
 
 
 class PatchTokenizer(nn.Module):
