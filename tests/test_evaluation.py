@@ -81,6 +81,17 @@ def test_attentive_probe_equals_multihead_cross_attention():
     torch.testing.assert_close(probe.pool(tokens), expected, atol=1e-6, rtol=1e-5)
 
 
+def test_feature_cache_budget_stops_with_one_clear_message():
+    from mimx.config import UserError
+    from mimx.protocols import extract_features
+
+    batches = [{"label": torch.zeros(4, dtype=torch.long), "x": torch.randn(4, 49, 8)} for _ in range(3)]
+    feats, labels = extract_features(batches, lambda b: b["x"], torch.bfloat16, budget=3 * 4 * 49 * 8 * 2, part="train")
+    assert feats.dtype == torch.bfloat16 and feats.shape == (12, 49, 8) and len(labels) == 12
+    with pytest.raises(UserError, match="train part passed the cache budget.*after 8 samples.*feature_cache_gb"):
+        extract_features(batches, lambda b: b["x"], torch.bfloat16, budget=2 * 4 * 49 * 8 * 2 - 1, part="train")
+
+
 def test_splits_are_stable_and_disjoint():
     keys = [f"k{i:05d}" for i in range(5000)]
     train, val = SplitFilter("train", 0.1), SplitFilter("val", 0.1)

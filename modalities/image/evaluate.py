@@ -20,8 +20,6 @@ from mimx.protocols import (
     EvalSplitConfig,
     check_choice,
     checkpoint_step,
-    extract_features,
-    feature_dtype,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
@@ -103,8 +101,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                                                                               device)
         pool = "tokens" if protocol == "attentive" else cfg.pool
         featurize = _featurizer(encoder, normalizer, pool, device, precision)
-        parts = {part: extract_features(data.batches(part), featurize, feature_dtype(protocol))
-                 for part in ("train", "val", "test")}
+        parts = data.frozen_features(featurize, protocol)
         result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")

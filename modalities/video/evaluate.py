@@ -28,8 +28,6 @@ from mimx.protocols import (
     EvalSplitConfig,
     check_choice,
     checkpoint_step,
-    extract_features,
-    feature_dtype,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
@@ -108,8 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             feats = feats.view(*video.shape[:2], *feats.shape[1:])
             return feats if tokens else feats.float().mean(1)  # tokens: [B, V, L, D], the probe averages views
 
-        parts = {part: extract_features(data.batches(part), featurize, feature_dtype(protocol))
-                 for part in ("train", "val", "test")}
+        parts = data.frozen_features(featurize, protocol)
         result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
