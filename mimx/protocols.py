@@ -107,12 +107,9 @@ class EvalData:
                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``featurize`` over the train, val and test parts, cached as :func:`feature_dtype` within
         ``data.feature_cache_gb`` (token caches of long clips or large sets stop with a clear message)."""
-        budget = feature_budget(self.cfg)
-        parts = {}
-        for part in ("train", "val", "test"):
-            parts[part] = extract_features(self.batches(part), featurize, feature_dtype(protocol), budget, part)
-            budget -= parts[part][0].numel() * parts[part][0].element_size()
-        return parts
+        budget = FeatureBudget(self.cfg)
+        return {part: extract_features(self.batches(part), featurize, feature_dtype(protocol), budget, part)
+                for part in ("train", "val", "test")}
 
     def urls(self, part: str) -> list[str]:
         """The shards a part is read from."""
@@ -174,41 +171,46 @@ class _LabelOnly:
         return {"label": self.read_label(sample)}
 
 
+class FeatureBudget:
+    """Bytes left for cached frozen features: ``data.feature_cache_gb``, else half the physical memory."""
+
+    def __init__(self, cfg: EvalSplitConfig) -> None:
+        if cfg.feature_cache_gb is not None:
+            self.left = int(cfg.feature_cache_gb * 2**30)
+        else:
+            try:
+                self.left = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+            except (ValueError, OSError, AttributeError):  # no sysconf (Windows): no limit
+                self.left = 2**62
+
+    def charge(self, batch: torch.Tensor, part: str, samples: int) -> None:
+        """Count one cached batch of ``part``; past the budget, stop with the fixes (``samples`` so far)."""
+        self.left -= batch.numel() * batch.element_size()
+        if self.left < 0:
+            raise UserError(
+                f"frozen features of the {part} part passed data.feature_cache_gb after {samples} samples of "
+                f"{tuple(batch.shape[1:])} features; use data.label_fraction, fewer views or a pooled protocol "
+                "(linear, knn), or raise data.feature_cache_gb")
+
+
 @torch.no_grad()
 def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]], torch.Tensor],
-                     dtype: torch.dtype = torch.float32, budget: int | None = None, part: str = ""
+                     dtype: torch.dtype = torch.float32, budget: FeatureBudget | None = None, part: str = ""
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``featurize(batch)`` over a loader: features ``[N, ...]`` as ``dtype`` on the CPU and labels ``[N]``.
 
-    Token features for the attentive probe are kept as bf16 (half the memory of a large cache). Past
-    ``budget`` bytes it stops with a message naming the part and the fixes."""
+    Token features for the attentive probe are kept as bf16 (half the memory of a large cache)."""
     feats, labels = [], []
-    used = 0
     for batch in loader:
         if "label" not in batch:  # a final report-only batch of a finite stream
             continue
         feats.append(featurize(batch).to(dtype).cpu())
         labels.append(batch["label"].long())
-        used += feats[-1].numel() * feats[-1].element_size()
-        if budget is not None and used > budget:
-            raise UserError(
-                f"frozen features of the {part} part passed the cache budget ({budget / 2**30:.1f} GiB left of "
-                f"data.feature_cache_gb) after {sum(len(y) for y in labels)} samples of "
-                f"{tuple(feats[-1].shape[1:])} features; use data.label_fraction, fewer views or a pooled "
-                "protocol (linear, knn), or raise data.feature_cache_gb")
+        if budget is not None:
+            budget.charge(feats[-1], part, sum(len(y) for y in labels))
     if not feats:
         raise UserError("no labelled sample in this split; check data.val_fraction and the shards")
     return torch.cat(feats), torch.cat(labels)
-
-
-def feature_budget(cfg: EvalSplitConfig) -> int:
-    """Bytes the cached frozen features may take: ``data.feature_cache_gb``, else half the physical memory."""
-    if cfg.feature_cache_gb is not None:
-        return int(cfg.feature_cache_gb * 2**30)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): no limit
-        return 2**62
 
 
 def feature_dtype(protocol: str) -> torch.dtype:

@@ -83,13 +83,17 @@ def test_attentive_probe_equals_multihead_cross_attention():
 
 def test_feature_cache_budget_stops_with_one_clear_message():
     from mimx.config import UserError
-    from mimx.protocols import extract_features
+    from mimx.protocols import EvalSplitConfig, FeatureBudget, extract_features
 
     batches = [{"label": torch.zeros(4, dtype=torch.long), "x": torch.randn(4, 49, 8)} for _ in range(3)]
-    feats, labels = extract_features(batches, lambda b: b["x"], torch.bfloat16, budget=3 * 4 * 49 * 8 * 2, part="train")
+    exact = FeatureBudget(EvalSplitConfig(feature_cache_gb=3 * 4 * 49 * 8 * 2 / 2**30))
+    feats, labels = extract_features(batches, lambda b: b["x"], torch.bfloat16, exact, part="train")
     assert feats.dtype == torch.bfloat16 and feats.shape == (12, 49, 8) and len(labels) == 12
-    with pytest.raises(UserError, match="train part passed the cache budget.*after 8 samples.*feature_cache_gb"):
-        extract_features(batches, lambda b: b["x"], torch.bfloat16, budget=2 * 4 * 49 * 8 * 2 - 1, part="train")
+    assert exact.left == 0
+    short = FeatureBudget(EvalSplitConfig(feature_cache_gb=(2 * 4 * 49 * 8 * 2 - 1) / 2**30))
+    with pytest.raises(UserError, match=r"train part passed data.feature_cache_gb after 8 samples of \(49, 8\)"):
+        extract_features(batches, lambda b: b["x"], torch.bfloat16, short, part="train")
+    assert FeatureBudget(EvalSplitConfig()).left > 2**20  # default: half the physical memory
 
 
 def test_splits_are_stable_and_disjoint():

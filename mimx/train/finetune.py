@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimx.train.allocator import tune_cpu_allocator
 from mimx.train.optim import WarmupCosine, build_adamw, param_groups
 from mimx.train.precision import Precision
 
@@ -40,6 +41,7 @@ class FinetuneConfig:
     min_lr: float = 1e-6
     clip_grad: float | None = None
     precision: str = "auto"
+    cpu_allocator: str = "auto"  # auto (heap on the CPU, as pretraining) | heap | system
     pool: str = "avg"  # avg (MAE fine-tuning: mean of patch tokens + norm) | token (class token)
 
 
@@ -99,6 +101,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
 
     log = log or (lambda text: print(text, file=sys.stderr))
     torch.manual_seed(seed)
+    tune_cpu_allocator(cfg.cpu_allocator, device)
     model.to(device)
     precision = Precision(cfg.precision, device)
     groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, depth)

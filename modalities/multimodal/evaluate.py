@@ -25,7 +25,7 @@ from mimx.config import UserError, from_mapping, name_list
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
 from mimx.modalities.multimodal.model import MultiMAE, depth_moments, multimae_config
 from mimx.patches import patchify
-from mimx.protocols import EvalData, EvalSplitConfig, checkpoint_step, write_result
+from mimx.protocols import EvalData, EvalSplitConfig, FeatureBudget, checkpoint_step, write_result
 from mimx.train.checkpoint import load_trained
 from mimx.train.distributed import pick_device
 from mimx.train.precision import Precision
@@ -91,10 +91,10 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 
 def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str, num_classes: int, device,
-             precision: Precision, forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             precision: Precision, forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+             budget: FeatureBudget | None = None, part: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """``forward(maps)`` for each batch of one part (default: frozen patch features ``[N, L, D]``) and the
-    per-patch targets ``[N, L, p*p]``."""
+    per-patch targets ``[N, L, p*p]``; cached features count against ``budget``."""
     forward = forward or (lambda maps: model.patch_features(maps, inputs))
     p = model.config.patch_size
     outputs, targets = [], []
@@ -105,6 +105,8 @@ def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str,
         with torch.no_grad(), precision.autocast():
             outputs.append(forward(maps).float().cpu())
         targets.append(_patch_targets(batch[target], kind, num_classes, p))
+        if budget is not None:
+            budget.charge(outputs[-1], part, sum(len(t) for t in targets))
     if not outputs:
         raise UserError("no readable sample in this split; check data.train / data.val / data.test")
     return torch.cat(outputs), torch.cat(targets)
@@ -301,8 +303,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                  seed=cfg.seed)
         sizes = {part: data.count(part) for part in ("train", "val", "test")}
     else:
-        parts = {part: _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
-                 for part in ("train", "val", "test")}
+        budget = FeatureBudget(data.cfg)
+        parts = {part: _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision,
+                                budget=budget, part=part) for part in ("train", "val", "test")}
         outcome = train_probe(kind, parts, num_classes, probe_cfg, seed=cfg.seed)
         sizes = {part: len(parts[part][0]) for part in parts}
     key = "miou" if kind == "classes" else "delta1"
