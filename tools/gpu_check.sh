@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The prepared GPU check for a session lent a device machine (docs/benchmarks.md, "GPU figures"):
+#   here, once:  tools/gpu_wheels.sh                       (hydra, omegaconf, webdataset wheels into .whl/)
+#   there:       run(command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# Installs mimx and the carried wheels into /tmp/site (the machine's image holds torch, timm, transformers),
+# then runs, each under its own time limit (480 s in all) and logged to $OUT: the CUDA tests, the matmul peak, and the train
+# steps of mimx against transformers (ViT-B and ViT-L MAE, VideoMAE-B) in bf16 with throughput and share of
+# the measured peak, then the Point-MAE ops and step and the MultiMAE step. QUICK=1 DEVICE=cpu: a dry run.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+python3 -c "import torch, timm, transformers; print(torch.__version__, timm.__version__, transformers.__version__)" \
+    >> "$OUT/gpu.txt" 2>&1
+
+step() {  # name, limit in seconds, then the benchmark's arguments
+    local name=$1 limit=$2; shift 2
+    echo "== $name"
+    timeout "$limit" python3 tools/benchmark.py "$@" --device "$DEVICE" > "$OUT/$name.txt" 2>&1
+    echo "rc $?" >> "$OUT/$name.txt"
+    grep -v "^  round" "$OUT/$name.txt" | tail -8
+}
+if [ "${QUICK:-0}" = 1 ]; then
+    step image 300 step --model tiny --image 32 --patch 8 --batch 4 --steps 2 --warmup 1 --repeats 1 --precisions bf16
+    step video 300 step --modality video --model tiny --image 32 --frames 4 --batch 2 --steps 2 --warmup 1 \
+        --repeats 1 --precisions bf16
+    exit 0
+fi
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_point_ops.py -k cuda > "$OUT/tests.txt" 2>&1
+tail -2 "$OUT/tests.txt"
+step peak 30 peak
+step image_b 100 step --model base --batch 64 --steps 10 --warmup 3 --repeats 1 --precisions fp32,bf16 \
+    --peers transformers-sdpa
+step image_l 90 step --model large --batch 32 --steps 10 --warmup 3 --repeats 1 --precisions bf16 \
+    --peers transformers-sdpa
+step video_b 80 step --modality video --model base --batch 8 --steps 10 --warmup 3 --repeats 1 --precisions bf16 \
+    --peers transformers-sdpa
+step point_ops 40 point-ops
+step point_step 40 point-step --precisions bf16
+step multimodal 40 multimodal-step --model base --image 224 --patch 16 --batch 64 --precisions bf16
