@@ -50,7 +50,7 @@ class LinearProbe(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x))
+        return self.head(self.norm(x.float()))
 
 
 class AttentiveProbe(nn.Module):

@@ -308,7 +308,7 @@ def frozen_protocol(protocol: str, cfg: DictConfig, parts: dict[str, tuple[torch
         probe = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes, lrs=tuple(lin.lrs), epochs=lin.epochs,
                                    batch_size=lin.batch_size, weight_decay=lin.weight_decay, seed=cfg.seed)
         settings = {"linear": asdict(lin)}
-    result["test_top1"] = accuracy(probe_predict(probe.model, te_x.float() if te_x.dim() == 2 else te_x), te_y)
+    result["test_top1"] = accuracy(probe_predict(probe.model, te_x), te_y)  # each probe casts its input
     result.update(val_top1=probe.val_top1, chosen={"lr": probe.lr, "epoch": probe.epoch}, history=probe.history,
                   **settings)
     return result
