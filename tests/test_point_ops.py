@@ -261,7 +261,7 @@ def test_chamfer_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_torch_path_has_no_host_syncs():
+def test_torch_path_has_no_host_syncs_on_cuda():
     points = torch.randn(4, 512, 3, device="cuda")
     target = torch.randn(4, 512, 3, device="cuda")
     pred = points.clone().requires_grad_()

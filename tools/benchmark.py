@@ -112,6 +112,8 @@ def hf_video_model(preset: str, image: int, patch: int, frames: int, tubelet: in
                          intermediate_size=4 * width, image_size=image, patch_size=patch, num_frames=frames,
                          tubelet_size=tubelet, decoder_hidden_size=dec_width, decoder_num_attention_heads=dec_heads,
                          decoder_intermediate_size=4 * dec_width, decoder_num_hidden_layers=4, norm_pix_loss=True)
+    if not hasattr(cfg, "qv_bias"):  # transformers 5.17 renamed the config field but its model still reads qv_bias
+        cfg.qv_bias = cfg.qkv_bias
     torch.manual_seed(seed)
     return VideoMAEForPreTraining(cfg)
 
