@@ -113,28 +113,51 @@ class AttentiveProbe(nn.Module):
 
 @dataclass
 class ProbeResult:
-    """The chosen probe (best validation accuracy over learning rates and epochs) and its history."""
+    """The chosen probe (best validation score over learning rates and epochs), its scores and history."""
 
     model: nn.Module
     lr: float
     epoch: int
-    val_top1: float
+    val: dict[str, float]
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def val_top1(self) -> float:
+        """Validation top-1 accuracy (%) of a classification probe."""
+        return self.val["val_top1"]
 
 
 @torch.no_grad()
+def probe_logits(probe: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The outputs of ``probe`` on ``x`` in evaluation mode, computed in batches."""
+    probe.eval()
+    return torch.cat([probe(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def probe_predict(probe: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Predicted classes of ``x`` in evaluation mode, in batches."""
-    probe.eval()
-    preds = [probe(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    if not len(x):
+        return torch.zeros(0, dtype=torch.long)
+    return probe_logits(probe, x, batch_size).argmax(1)
+
+
+def top1_score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """:func:`fit_probe`'s default validation score: ``{"val_top1": accuracy}``."""
+    return {"val_top1": accuracy(logits.argmax(1), labels)}
 
 
 def fit_probe(build: Callable[[], nn.Module], optimizer: Callable[[nn.Module, float], torch.optim.Optimizer],
               train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
-              lrs: tuple[float, ...], epochs: int, batch_size: int, seed: int = 0) -> ProbeResult:
-    """Train ``build()`` with ``optimizer(probe, lr)`` and a cosine schedule for each lr on cached features;
-    keep the (lr, epoch) with the best validation accuracy."""
+              lrs: tuple[float, ...], epochs: int, batch_size: int, seed: int = 0,
+              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+              score: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = top1_score,
+              metric: str = "val_top1", cosine: bool = True, min_batch: int = 2) -> ProbeResult:
+    """Train ``build()`` with ``optimizer(probe, lr)`` for each lr on cached features; keep the (lr, epoch)
+    whose validation ``score(logits, val_y)[metric]`` is highest.
+
+    ``loss(logits, targets)`` is the training loss; the lr follows a cosine decay to 0 over all steps
+    (``cosine=False``: constant). Batches smaller than ``min_batch`` are skipped (BatchNorm needs two rows).
+    """
     best: ProbeResult | None = None
     history = []
     steps_per_epoch = max(1, math.ceil(len(train_x) / batch_size))
@@ -150,18 +173,19 @@ def fit_probe(build: Callable[[], nn.Module], optimizer: Callable[[nn.Module, fl
             order = torch.randperm(len(train_x), generator=gen)
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                if len(idx) < 2:
+                if len(idx) < min_batch:
                     continue
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                loss = F.cross_entropy(probe(train_x[idx]), train_y[idx])
+                if cosine:
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                batch_loss = loss(probe(train_x[idx]), train_y[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                batch_loss.backward()
                 opt.step()
                 step += 1
-            val = accuracy(probe_predict(probe, val_x, batch_size), val_y)
-            history.append({"lr": lr, "epoch": epoch, "val_top1": val})
-            if best is None or val > best.val_top1:
+            val = score(probe_logits(probe, val_x, batch_size), val_y)
+            history.append({"lr": lr, "epoch": epoch, **val})
+            if best is None or val[metric] > best.val[metric]:
                 best = ProbeResult(copy.deepcopy(probe), lr, epoch, val)
     assert best is not None
     best.history = history

@@ -182,15 +182,17 @@ class FeatureBudget:
                 self.left = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
             except (ValueError, OSError, AttributeError):  # no sysconf (Windows): no limit
                 self.left = 2**62
+        self.samples: dict[str, int] = {}
 
-    def charge(self, batch: torch.Tensor, part: str, samples: int) -> None:
-        """Count one cached batch of ``part``; past the budget, stop with the fixes (``samples`` so far)."""
+    def charge(self, batch: torch.Tensor, part: str) -> None:
+        """Count one cached batch ``[B, ...]`` of ``part``; past the budget, stop with the fixes."""
         self.left -= batch.numel() * batch.element_size()
+        self.samples[part] = self.samples.get(part, 0) + len(batch)
         if self.left < 0:
             raise UserError(
-                f"frozen features of the {part} part passed data.feature_cache_gb after {samples} samples of "
-                f"{tuple(batch.shape[1:])} features; use data.label_fraction, fewer views or a pooled protocol "
-                "(linear, knn), or raise data.feature_cache_gb")
+                f"frozen features of the {part} part passed data.feature_cache_gb after {self.samples[part]} "
+                f"samples of {tuple(batch.shape[1:])} features; use data.label_fraction, fewer views or a pooled "
+                "protocol (linear, knn), or raise data.feature_cache_gb")
 
 
 @torch.no_grad()
@@ -207,7 +209,7 @@ def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]],
         feats.append(featurize(batch).to(dtype).cpu())
         labels.append(batch["label"].long())
         if budget is not None:
-            budget.charge(feats[-1], part, sum(len(y) for y in labels))
+            budget.charge(feats[-1], part)
     if not feats:
         raise UserError("no labelled sample in this split; check data.val_fraction and the shards")
     return torch.cat(feats), torch.cat(labels)

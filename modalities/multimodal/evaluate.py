@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping, name_list
+from mimx.evaluation import fit_probe, probe_logits
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
 from mimx.modalities.multimodal.model import MultiMAE, depth_moments, multimae_config
 from mimx.patches import patchify
@@ -106,7 +107,7 @@ def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str,
             outputs.append(forward(maps).float().cpu())
         targets.append(_patch_targets(batch[target], kind, num_classes, p))
         if budget is not None:
-            budget.charge(outputs[-1], part, sum(len(t) for t in targets))
+            budget.charge(outputs[-1], part)
     if not outputs:
         raise UserError("no readable sample in this split; check data.train / data.val / data.test")
     return torch.cat(outputs), torch.cat(targets)
@@ -143,37 +144,20 @@ def _loss(kind: str, logits: torch.Tensor, target: torch.Tensor, num_classes: in
 
 def train_probe(kind: str, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
                 cfg: ProbeConfig, seed: int = 0) -> dict[str, Any]:
-    """Linear per-patch heads on frozen features; lr and epoch chosen on validation, test scored once."""
+    """Linear per-patch heads on frozen features (AdamW, constant lr); lr and epoch chosen on validation,
+    test scored once."""
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts["train"], parts["val"], parts["test"]
     per_patch = tr_y.shape[-1] * (num_classes if kind == "classes" else 1)
-    key = "miou" if kind == "classes" else "delta1"
-    best: dict[str, Any] | None = None
-    history = []
-    for lr in cfg.lrs:
-        torch.manual_seed(seed)
-        head = _head(tr_x.shape[-1], per_patch)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-        generator = torch.Generator().manual_seed(seed)
-        for epoch in range(1, cfg.epochs + 1):
-            head.train()
-            for index in torch.randperm(len(tr_x), generator=generator).split(cfg.batch_size):
-                loss = _loss(kind, head(tr_x[index]), tr_y[index], num_classes)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            head.eval()
-            with torch.no_grad():
-                val = _scores(kind, head(va_x), va_y, num_classes)
-            history.append({"lr": lr, "epoch": epoch, **val})
-            if best is None or val[key] > best["val"][key]:
-                best = {"lr": lr, "epoch": epoch, "val": val,
-                        "state": {k: v.clone() for k, v in head.state_dict().items()}}
-    assert best is not None
-    head.load_state_dict(best["state"])
-    with torch.no_grad():
-        test = _scores(kind, head(te_x), te_y, num_classes, per_class=True)
-    return {"val": best["val"], "test": test, "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
-            "history": history}
+    chosen = fit_probe(
+        lambda: _head(tr_x.shape[-1], per_patch),
+        lambda head, lr: torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay),
+        tr_x, tr_y, va_x, va_y, lrs=tuple(cfg.lrs), epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+        loss=lambda logits, target: _loss(kind, logits, target, num_classes),
+        score=lambda logits, target: _scores(kind, logits, target, num_classes),
+        metric="miou" if kind == "classes" else "delta1", cosine=False, min_batch=1)
+    test = _scores(kind, probe_logits(chosen.model, te_x, cfg.batch_size), te_y, num_classes, per_class=True)
+    return {"val": chosen.val, "test": test, "chosen": {"lr": chosen.lr, "epoch": chosen.epoch},
+            "history": chosen.history}
 
 
 def _head(dim: int, per_patch: int) -> torch.nn.Module:
