@@ -131,13 +131,13 @@ class ProbeResult:
 def probe_logits(probe: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The outputs of ``probe`` on ``x`` in evaluation mode, computed in batches."""
     probe.eval()
+    if not len(x):
+        return probe(x)
     return torch.cat([probe(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def probe_predict(probe: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Predicted classes of ``x`` in evaluation mode, in batches."""
-    if not len(x):
-        return torch.zeros(0, dtype=torch.long)
     return probe_logits(probe, x, batch_size).argmax(1)
 
 
