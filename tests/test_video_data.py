@@ -282,6 +282,26 @@ def test_moving_digits_black_background_from_the_command_line(tmp_path, monkeypa
         assert clip.mean() < 30 and 0.01 < digit_pixels < 0.35  # black, save for one 28 px digit in 48 px
 
 
+def test_moving_digits_resampled_digit_size(tmp_path):
+    from mimx.datasets.video_samples import build_moving_digits
+
+    result = build_moving_digits(tmp_path, train=4, val=4, test=4, frames=8, size=48, background="black",
+                                 digit_size=40)
+    assert json.loads((tmp_path / "moving_digits" / "manifest.json").read_text())["digit_size"] == 40
+    heights = []
+    for sample in read_raw(result["train"], lambda key: True):
+        assert 1 <= json.loads(sample["json"])["speed"] <= 8 / 7  # 8 px of free room over 7 steps
+        with open_video(sample["mp4"]) as video:
+            bright = (video.frames([0]).astype(float).max(-1) > 60)[0]
+        rows = np.flatnonzero(bright.any(1))
+        heights.append(rows[-1] - rows[0] + 1)
+    assert min(heights) > 22  # MNIST strokes span at most 20 of 28 px; at 40 px they span more than 22
+    with pytest.raises(UserError, match="digit_size must be between 8 and the frame size 48"):
+        build_moving_digits(tmp_path / "x", train=4, val=4, test=4, frames=8, size=48, digit_size=50)
+    with pytest.raises(UserError, match="a 44px digit cannot move 1 px per frame for 8 frames in 48px"):
+        build_moving_digits(tmp_path / "y", train=4, val=4, test=4, frames=8, size=48, digit_size=44)
+
+
 def test_rgb_to_yuv420p_is_the_convention_decoders_assume():
     """Flat colours survive RGB -> our yuv420p -> the decoder's (swscale's) conversion back to RGB."""
     import av
