@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mimx.patches import denormalize_patches, grid_size, normalize_patches, patchify, unpatchify
+from mimx.patches import PatchTokenizer, denormalize_patches, grid_size, normalize_patches, patchify, unpatchify
 
 
 @pytest.mark.parametrize("shape,patch", [((2, 3, 32, 48), (8, 8)), ((1, 1, 12, 20), (4, 4)),
@@ -36,3 +36,18 @@ def test_norm_pix_roundtrip():
     assert torch.allclose(denormalize_patches(n, p), p, atol=1e-4)
     c = normalize_patches(p, channels=3)
     assert torch.allclose(denormalize_patches(c, p, channels=3), p, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, patch", [((2, 3, 12), (4,)), ((2, 3, 8, 12), (4, 4)), ((2, 3, 4, 8, 8), (2, 4, 4))])
+def test_tokenizer_matches_its_convolution(shape, patch):
+    """The matmul over gathered patches is the stride = kernel convolution, values and gradients."""
+    torch.manual_seed(0)
+    tok = PatchTokenizer(3, 5, patch)
+    x = torch.randn(shape)
+    tokens, grid = tok(x)
+    reference = tok.proj(x).flatten(2).transpose(1, 2)
+    assert grid == tuple(s // p for s, p in zip(shape[2:], patch, strict=True))
+    torch.testing.assert_close(tokens, reference, rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(tokens.square().sum(), tok.proj.weight)
+    (ref_grad,) = torch.autograd.grad(reference.square().sum(), tok.proj.weight)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-4)
