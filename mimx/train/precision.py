@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mimx.config import UserError
+from mimx.transformer import FUSED_UNLESS_GRAD, FusedUnlessGrad
 
 MODES = ("auto", "fp32", "bf16", "bf16-pure", "fp16")
 
@@ -51,6 +52,7 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.mode == "fp16")
         self.masters: dict[str, torch.Tensor] = {}
         self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._first_backward = True  # bf16-pure: the masters' gradients hold nothing of this step yet
 
     @property
     def pure(self) -> bool:
@@ -64,9 +66,10 @@ class Precision:
     def label(self) -> str:
         return self.mode
 
-    def prefers_fused_attention(self) -> bool:
-        """Fused SDPA, except for bf16 on the CPU, where its backward is slower than matmul + softmax."""
-        return self.device.type != "cpu" or self.mode == "fp32"
+    def prefers_fused_attention(self) -> bool | FusedUnlessGrad:
+        """Fused SDPA, except when training in bf16 on the CPU, where its backward is slower than
+        matmul + softmax (its forward stays the faster one, so inference keeps it)."""
+        return True if self.device.type != "cpu" or self.mode == "fp32" else FUSED_UNLESS_GRAD
 
     def attach(self, model: nn.Module) -> None:
         """For ``bf16-pure``: keep fp32 masters of the trainable weights, then cast the model to bf16."""
@@ -96,12 +99,23 @@ class Precision:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
-        if self.pure:  # accumulate in fp32, free the bf16 gradients
-            model_params = [p for p, _ in self._pairs if p.grad is not None]
-            masters = [m.grad for p, m in self._pairs if p.grad is not None]
-            torch._foreach_add_(masters, [p.grad for p in model_params])
-            for p in model_params:
-                p.grad = None
+        if not self.pure:
+            return
+        # move the bf16 gradients into the fp32 masters' and free them: the step's first backward
+        # copies (a casting copy, no fp32 temporary and no zeroing pass), later micro-steps add
+        with_grad = [(p, m) for p, m in self._pairs if p.grad is not None]
+        master_grads = [m.grad for _, m in with_grad]
+        model_grads = [p.grad for p, _ in with_grad]
+        if self._first_backward:
+            torch._foreach_copy_(master_grads, model_grads)
+            untouched = [m.grad for p, m in self._pairs if p.grad is None]
+            if untouched:
+                torch._foreach_zero_(untouched)
+            self._first_backward = False
+        else:
+            torch._foreach_add_(master_grads, model_grads)
+        for p, _ in with_grad:
+            p.grad = None
 
     def trainable(self, model: nn.Module) -> list[torch.Tensor]:
         """The tensors whose ``.grad`` the optimizer reads (for clipping)."""
@@ -118,8 +132,7 @@ class Precision:
         if self.pure:
             with torch.no_grad():
                 torch._foreach_copy_([p for p, _ in self._pairs], [m for _, m in self._pairs])
-            for _, m in self._pairs:
-                m.grad.zero_()
+            self._first_backward = True  # the next backward overwrites the masters' gradients
         else:
             optimizer.zero_grad(set_to_none=True)
 
