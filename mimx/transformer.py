@@ -228,11 +228,27 @@ class MaskedDecoder(nn.Module):
         return self.head(self.norm(x[:, -decode_ids.shape[1]:]))
 
 
-def set_fused_attention(module: nn.Module, enabled: bool) -> int:
+class FusedUnlessGrad:
+    """A ``fused_attn`` value that is true while autograd is off: fused SDPA for inference, matmul +
+    softmax when a backward will follow (on the CPU, bf16 SDPA's forward is the faster one, its
+    backward the slower one)."""
+
+    def __bool__(self) -> bool:
+        return not torch.is_grad_enabled()
+
+    def __repr__(self) -> str:
+        return "FusedUnlessGrad()"
+
+
+FUSED_UNLESS_GRAD = FusedUnlessGrad()
+
+
+def set_fused_attention(module: nn.Module, enabled: bool | FusedUnlessGrad) -> int:
     """Switch timm attention between fused SDPA and explicit matmul + softmax; returns the count switched.
 
     Both compute the same attention. On the CPU the explicit path trains faster
-    (the fused CPU kernel's backward is slow for ViT sequence lengths).
+    (the fused CPU kernel's backward is slow for ViT sequence lengths), while
+    the fused forward is faster: :data:`FUSED_UNLESS_GRAD` picks per call.
     """
     count = 0
     for m in module.modules():

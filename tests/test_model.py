@@ -74,3 +74,23 @@ def test_bad_sizes_and_ratios_get_clear_errors():
         image_mae_config(preset="gigantic")
     with pytest.raises(UserError, match="did you mean model.embed_dim"):
         image_mae_config({"embed_dimm": 3})
+
+
+def test_fused_unless_grad_runs_sdpa_for_inference_only(monkeypatch):
+    """The CPU bf16 attention choice: fused SDPA without autograd, matmul + softmax with it; same values."""
+    from torch.nn import functional
+
+    from mimx.transformer import FUSED_UNLESS_GRAD, set_fused_attention
+
+    calls = []
+    sdpa = functional.scaled_dot_product_attention
+    monkeypatch.setattr(functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    model = mae_vit("tiny", img_size=32, patch_size=8, depth=2, decoder_depth=1).eval()
+    assert set_fused_attention(model, FUSED_UNLESS_GRAD) == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fused = model.encode(x)
+    assert len(calls) == 2
+    explicit = model.encode(x)
+    assert len(calls) == 2 and explicit.requires_grad
+    torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
