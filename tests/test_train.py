@@ -193,3 +193,36 @@ def test_cpu_allocator_rejects_unknown_mode():
 
     with pytest.raises(UserError, match="cpu_allocator"):
         tune_cpu_allocator("jemalloc", torch.device("cpu"))
+
+
+def test_bf16_pure_master_gradients_accumulate_then_restart_each_step():
+    """Micro-steps add into the fp32 masters' gradients; the next step's first backward replaces them, and a
+    weight that got no gradient in a step has a zero gradient, not last step's."""
+    from torch import nn
+
+    from mimx.train.precision import Precision
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": nn.Linear(4, 3), "b": nn.Linear(4, 3)})
+    precision = Precision("bf16-pure", torch.device("cpu"))
+    precision.attach(model)
+    optimizer = torch.optim.SGD(precision.optimizer_groups([{"params": [], "names": list(precision.masters)}]), lr=0)
+    x = torch.randn(6, 4, dtype=torch.bfloat16)
+
+    def grads(*halves: slice, use_b: bool = True) -> dict[str, torch.Tensor]:
+        for part in halves:
+            out = model["a"](x[part]).float().square().sum()
+            if use_b:
+                out = out + model["b"](x[part]).float().sum()
+            precision.backward(out)
+        found = {n: m.grad.clone() for n, m in precision.masters.items()}
+        precision.step(optimizer, model, None)
+        return found
+
+    whole = grads(slice(0, 6))
+    split = grads(slice(0, 3), slice(3, 6))
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=2e-2, atol=2e-2)
+    again = grads(slice(0, 6), use_b=False)  # replaced, not added to the previous step's
+    torch.testing.assert_close(again["a.weight"], whole["a.weight"], rtol=2e-2, atol=2e-2)
+    assert again["b.weight"].abs().sum() == 0 and again["b.bias"].abs().sum() == 0
