@@ -2,6 +2,7 @@
 
     python tools/benchmark.py step   [--model base] [--batch 8] [--precisions fp32,bf16] [--device auto]
     python tools/benchmark.py step   --modality video [--model small] [--batch 2] [--frames 16]
+    python tools/benchmark.py step   ... --paired 16    # then the two best, alternating steps in one process
     python tools/benchmark.py loader [--shards data/samples/mnist] [--size 224] [--workers 1,2]
     python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav]
     python tools/benchmark.py peak
@@ -26,6 +27,9 @@ a Chamfer distance with autograd through the full ``cdist`` matrix).
 grouping (FPS + kNN). No installable peer exists (the reference needs custom CUDA extensions).
 ``multimodal-step``: MultiMAE on RGB + depth + segmentation against mimx's image MAE on one image with the
 same total token count, visible count, encoder and decoder width, fp32 and bf16.
+``--paired N`` then builds mimx's best configuration and the peers' best side by side in one process
+and times N steps of each in turn: on a shared machine whose speed drifts between processes, the
+median of those per-step ratios is the comparison to trust.
 Results go in docs/benchmarks.md with the command that produced them.
 """
 
@@ -118,13 +122,59 @@ def hf_video_model(preset: str, image: int, patch: int, frames: int, tubelet: in
     return VideoMAEForPreTraining(cfg)
 
 
+def build_step(args: argparse.Namespace) -> tuple:
+    """``(step, new_input, first_input)`` of ``args.impl`` at ``args.precision`` (image or video)."""
+    if args.modality == "video":
+        return build_video_step(args)
+    return build_image_step(args)
+
+
 def measure_step(args: argparse.Namespace) -> dict:
     from mimx.train.allocator import tune_cpu_allocator
 
-    tune_cpu_allocator(args.cpu_allocator, device_of(args.device))  # the same for every implementation
-    if args.modality == "video":
-        return measure_video_step(args)
-    return measure_image_step(args)
+    device = device_of(args.device)
+    tune_cpu_allocator(args.cpu_allocator, device)  # the same for every implementation
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return timed_steps(args, *build_step(args), device)
+
+
+def measure_paired(args: argparse.Namespace) -> dict:
+    """Runs in a child process: two configurations built side by side, timed one step each in turn.
+
+    On a shared machine whose speed drifts by tens of percent over minutes,
+    configurations measured in separate processes meet different machines; two
+    steps taken back to back meet the same one, so the median of the per-round
+    ratios is the robust comparison.
+    """
+    from mimx.train.allocator import tune_cpu_allocator
+
+    device = device_of(args.device)
+    tune_cpu_allocator(args.cpu_allocator, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    built, first_losses = [], []
+    for spec in args.pair:
+        impl, precision = spec.split(":")
+        one = argparse.Namespace(**{**vars(args), "impl": impl, "precision": precision})
+        step, new_input, first_input = build_step(one)
+        first_losses.append(float(step(first_input)))
+        built.append((step, new_input))
+    for step, new_input in built:
+        for _ in range(args.warmup):
+            step(new_input())
+    times: list[list[float]] = [[] for _ in built]
+    for r in range(args.steps):
+        order = range(len(built)) if r % 2 == 0 else reversed(range(len(built)))  # no side always goes first
+        for i in order:
+            step, new_input = built[i]
+            x = new_input()
+            sync(device)
+            t = time.perf_counter()
+            step(x)
+            sync(device)
+            times[i].append(time.perf_counter() - t)
+    return {"pair": args.pair, "times": times, "first_loss": first_losses}
 
 
 def timed_steps(args: argparse.Namespace, step, new_noise, first_noise, device: torch.device) -> dict:
@@ -194,14 +244,12 @@ def peer_step(model, args: argparse.Namespace, device: torch.device, call):
     return step
 
 
-def measure_video_step(args: argparse.Namespace) -> dict:
-    """Runs in a child process: VideoMAE train steps (tube masking) of one implementation at one precision."""
+def build_video_step(args: argparse.Namespace) -> tuple:
+    """VideoMAE train steps (tube masking) of one implementation at one precision."""
     from mimx.masking import RunningCellDecoding, tube_mask
     from mimx.modalities.video.interop import from_transformers
 
     device = device_of(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     hf = hf_video_model(args.model, args.image, args.patch, args.frames, args.tubelet)
     grid = (args.frames // args.tubelet, args.image // args.patch, args.image // args.patch)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -221,11 +269,11 @@ def measure_video_step(args: argparse.Namespace) -> dict:
                          lambda fwd, mask: fwd(pixel_values=frames_first, bool_masked_pos=mask).loss)
     del hf
     cpu_gen = torch.Generator().manual_seed(2)
-    return timed_steps(args, step, lambda: masks(cpu_gen), masks(torch.Generator().manual_seed(1)), device)
+    return step, lambda: masks(cpu_gen), masks(torch.Generator().manual_seed(1))
 
 
-def measure_image_step(args: argparse.Namespace) -> dict:
-    """Runs in a child process: time ``steps`` train steps of one implementation at one precision.
+def build_image_step(args: argparse.Namespace) -> tuple:
+    """MAE train steps of one implementation at one precision.
 
     mimx runs its training engine's hot path (``Precision``, fused AdamW,
     attention switch); transformers runs a plain autocast loop with its
@@ -234,8 +282,6 @@ def measure_image_step(args: argparse.Namespace) -> dict:
     from mimx.modalities.image.interop import from_transformers
 
     device = device_of(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     hf = hf_model(args.model, args.image, args.patch, args.mask_ratio, True)
     grid = args.image // args.patch
     gen = torch.Generator(device=device).manual_seed(0)
@@ -246,8 +292,7 @@ def measure_image_step(args: argparse.Namespace) -> dict:
         step = peer_step(hf, args, device, lambda fwd, noise: fwd(pixel_values=x, noise=noise).loss)
     del hf
     first_noise = torch.rand(args.batch, grid * grid, generator=torch.Generator().manual_seed(1)).to(device)
-    return timed_steps(args, step, lambda: torch.rand(args.batch, grid * grid, generator=gen, device=device),
-                       first_noise, device)
+    return step, lambda: torch.rand(args.batch, grid * grid, generator=gen, device=device), first_noise
 
 
 def step_flops(args: argparse.Namespace) -> float:
@@ -271,18 +316,33 @@ def step_flops(args: argparse.Namespace) -> float:
     return float(counter.get_total_flops())
 
 
-def run_child(args: argparse.Namespace, impl: str, precision: str) -> dict:
-    cmd = [sys.executable, __file__, "_step", "--impl", impl, "--precision", precision, "--model", args.model,
+def run_child(args: argparse.Namespace, what: list[str], steps: int) -> dict:
+    """One measurement in its own process: ``what`` is ``["_step", "--impl", ...]`` or ``["_paired", ...]``."""
+    cmd = [sys.executable, __file__, *what, "--model", args.model,
            "--batch", str(args.batch), "--image", str(args.image), "--patch", str(args.patch),
-           "--mask-ratio", str(args.mask_ratio), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--mask-ratio", str(args.mask_ratio), "--steps", str(steps), "--warmup", str(args.warmup),
            "--device", args.device, "--threads", str(args.threads or 0), "--modality", args.modality,
            "--frames", str(args.frames), "--tubelet", str(args.tubelet), "--cpu-allocator", args.cpu_allocator]
     if args.compile:
         cmd.append("--compile")
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"{impl} {precision} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(what)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report_paired(args: argparse.Namespace, mine: dict, peer: dict) -> None:
+    """Alternate steps of the two best configurations in one process; print the median per-round ratio."""
+    pair = [f"{mine['impl']}:{mine['precision']}", f"{peer['impl']}:{peer['precision']}"]
+    r = run_child(args, ["_paired", "--pair", ",".join(pair)], args.paired)
+    t_mine, t_peer = r["times"]
+    ratios = sorted(b / a for a, b in zip(t_mine, t_peer, strict=True))
+    quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    print(f"paired, one process, {args.paired} alternating steps each: {pair[0]} "
+          f"{args.batch / statistics.median(t_mine):.2f} samples/s, {pair[1]} "
+          f"{args.batch / statistics.median(t_peer):.2f} samples/s; per-step ratio median "
+          f"{quart[1]:.2f}x (quartiles {quart[0]:.2f}-{quart[2]:.2f}x); first losses "
+          + " / ".join(f"{v:.6f}" for v in r["first_loss"]))
 
 
 # ----------------------------------------------------------------------------- commands
@@ -307,7 +367,7 @@ def cmd_step(args: argparse.Namespace) -> None:
     best: dict[tuple[str, str], dict] = {}
     for repeat in range(args.repeats):  # interleaved rounds; each configuration keeps its best round
         for impl, precision in configs:
-            r = run_child(args, impl, precision)
+            r = run_child(args, ["_step", "--impl", impl, "--precision", precision], args.steps)
             print(f"  round {repeat + 1}: {impl} {precision}: {r['samples_per_s']:.2f} samples/s", file=sys.stderr)
             key = (impl, precision)
             if key not in best or r["samples_per_s"] > best[key]["samples_per_s"]:
@@ -339,6 +399,8 @@ def cmd_step(args: argparse.Namespace) -> None:
             mine = next(r for r in rows if r["impl"] == "mimx" and r["precision"] == precision)
             peer = max((r for r in peer_rows if r["precision"] == precision), key=lambda r: r["samples_per_s"])
             print(f"  {precision}: mimx / best transformers {mine['samples_per_s'] / peer['samples_per_s']:.2f}x")
+        if args.paired:
+            report_paired(args, mimx_best, peer_best)
         dual = [r for r in rows if r["impl"] == "mimx-dual"]
         if dual:
             best_dual = max(dual, key=lambda r: r["samples_per_s"])
@@ -584,7 +646,7 @@ def cmd_peak(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("step", "_step"):
+    for name in ("step", "_step", "_paired"):
         p = sub.add_parser(name)
         p.add_argument("--model", default="base", choices=list(PRESET_SIZES))
         p.add_argument("--batch", type=int, default=8)
@@ -606,6 +668,10 @@ def main() -> None:
             p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round counts")
             p.add_argument("--peers", type=lambda s: s.split(","), default=["transformers-sdpa", "transformers-eager"],
                            help="transformers-sdpa, transformers-eager (empty string: none)")
+            p.add_argument("--paired", type=int, default=0,
+                           help="then this many alternating steps of mimx's best and the peers' best in one process")
+        elif name == "_paired":
+            p.add_argument("--pair", type=lambda s: s.split(","), required=True, help="impl:precision,impl:precision")
         else:
             p.add_argument("--impl", required=True)
             p.add_argument("--precision", required=True)
@@ -657,8 +723,8 @@ def main() -> None:
     args = parser.parse_args()
     if getattr(args, "mask_ratio", 0.0) is None:
         args.mask_ratio = 0.9 if args.modality == "video" else 0.75
-    if args.cmd == "_step":
-        print(json.dumps(measure_step(args)))
+    if args.cmd in ("_step", "_paired"):
+        print(json.dumps((measure_step if args.cmd == "_step" else measure_paired)(args)))
     else:
         {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak,
          "point-ops": cmd_point_ops, "point-step": cmd_point_step,
