@@ -52,7 +52,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-pure (bf16 weights, fp32 masters) | fp16
-    fused_attention: str | bool = "auto"  # auto (fused SDPA, but matmul + softmax for bf16 on CPU) | true | false
+    fused_attention: str | bool = "auto"  # auto (SDPA; matmul + softmax under autograd, bf16 on CPU) | true | false
     device: str = "auto"  # auto | cpu | cuda
     cpu_allocator: str = "auto"  # auto (heap on the CPU: no page faults for large tensors every step) | heap | system
     compile: bool = False
