@@ -128,12 +128,19 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def probe_logits(probe: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The outputs of ``probe`` on ``x`` in evaluation mode, computed in batches."""
+@torch.no_grad()
+def probe_logits(probe: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """The outputs of ``probe`` on ``x`` in evaluation mode, computed in batches (each moved to
+    ``device`` when given); returned on ``x``'s device."""
     probe.eval()
+
+    def run(part: torch.Tensor) -> torch.Tensor:
+        return probe(part if device is None else part.to(device)).to(x.device)
+
     if not len(x):
-        return probe(x)
-    return torch.cat([probe(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return run(x)
+    return torch.cat([run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def probe_predict(probe: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

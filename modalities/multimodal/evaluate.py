@@ -206,9 +206,7 @@ def finetune_dense(model: MultiMAE, kind: str, data: EvalData, inputs: list[str]
     def score(part: str) -> dict[str, Any]:
         model.eval()
         feats, targets = _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision)
-        head.eval()
-        with torch.no_grad():
-            logits = torch.cat([head(chunk.to(device)).float().cpu() for chunk in feats.split(256)])
+        logits = probe_logits(head, feats, device=device).float()
         return _scores(kind, logits, targets, num_classes, per_class=part == "test")
 
     for epoch in range(1, cfg.epochs + 1):
