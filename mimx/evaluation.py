@@ -128,7 +128,6 @@ class ProbeResult:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def probe_logits(probe: nn.Module, x: torch.Tensor, batch_size: int = 256,
                  device: torch.device | None = None) -> torch.Tensor:
     """The outputs of ``probe`` on ``x`` in evaluation mode, computed in batches (each moved to

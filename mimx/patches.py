@@ -127,16 +127,10 @@ class PatchTokenizer(nn.Module):
         if x.shape[1] != self.in_chans:
             raise ValueError(f"input has {x.shape[1]} channels, the model expects {self.in_chans}")
         grid = grid_size(x.shape[2:], self.patch)
-        # the conv as one matmul over gathered patches (stride = kernel): the same result, and several
-        # times faster than the CPU's bf16 convolution backward (5x for video tubelets)
-        b, c = x.shape[:2]
-        shape = [b, c]
-        for g, p in zip(grid, self.patch, strict=True):
-            shape += [g, p]
-        n = len(self.patch)
-        x = x.reshape(shape).permute(0, *[2 + 2 * i for i in range(n)], 1, *[3 + 2 * i for i in range(n)])
-        x = x.reshape(b, math.prod(grid), c * math.prod(self.patch))
-        return F.linear(x, self.proj.weight.flatten(1), self.proj.bias), grid
+        # the conv as one matmul over the patches (stride = kernel): the same result, and with a bf16
+        # backward on the CPU about 3x faster for image patches, 6x for video tubelets
+        weight = self.proj.weight.movedim(1, -1).flatten(1)  # (patch..., channel) order, as patchify
+        return F.linear(patchify(x, self.patch), weight, self.proj.bias), grid
 
     def reset_parameters(self) -> None:
         """MAE init: xavier-uniform on the flattened kernel (as for a linear layer), zero bias."""
