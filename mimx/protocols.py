@@ -259,7 +259,7 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
                     val_batches=lambda: data.batches("val", batch_size=eval_batch_size), prepare=prepare,
                     steps_per_epoch=max(1, counts["train"] // ft.batch_size), device=device, seed=seed)
     # finetune() hands back an fp32 model: score it under autocast (bf16-pure trained models included)
-    test_precision = Precision("bf16" if ft.precision == "bf16-pure" else ft.precision, device)
+    test_precision = Precision.for_fp32_model(ft.precision, device)
     pred, labels = predict(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision)
     return dict(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
                 test_samples=counts["test"], val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),

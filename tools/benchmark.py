@@ -129,13 +129,28 @@ def build_step(args: argparse.Namespace) -> tuple:
     return build_image_step(args)
 
 
-def measure_step(args: argparse.Namespace) -> dict:
+def child_device(args: argparse.Namespace) -> torch.device:
+    """A measuring child's device, with the same allocator and thread count for every implementation."""
     from mimx.train.allocator import tune_cpu_allocator
 
     device = device_of(args.device)
-    tune_cpu_allocator(args.cpu_allocator, device)  # the same for every implementation
+    tune_cpu_allocator(args.cpu_allocator, device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    return device
+
+
+def step_seconds(step, x, device: torch.device) -> float:
+    """Wall time of one ``step(x)``, the device synchronised on both sides."""
+    sync(device)
+    t = time.perf_counter()
+    step(x)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def measure_step(args: argparse.Namespace) -> dict:
+    device = child_device(args)
     return timed_steps(args, *build_step(args), device)
 
 
@@ -147,12 +162,7 @@ def measure_paired(args: argparse.Namespace) -> dict:
     steps taken back to back meet the same one, so the median of the per-round
     ratios is the robust comparison.
     """
-    from mimx.train.allocator import tune_cpu_allocator
-
-    device = device_of(args.device)
-    tune_cpu_allocator(args.cpu_allocator, device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = child_device(args)
     built, first_losses = [], []
     for spec in args.pair:
         impl, precision = spec.split(":")
@@ -168,12 +178,7 @@ def measure_paired(args: argparse.Namespace) -> dict:
         order = range(len(built)) if r % 2 == 0 else reversed(range(len(built)))  # no side always goes first
         for i in order:
             step, new_input = built[i]
-            x = new_input()
-            sync(device)
-            t = time.perf_counter()
-            step(x)
-            sync(device)
-            times[i].append(time.perf_counter() - t)
+            times[i].append(step_seconds(step, new_input(), device))
     return {"pair": args.pair, "times": times, "first_loss": first_losses}
 
 
@@ -185,14 +190,8 @@ def timed_steps(args: argparse.Namespace, step, new_noise, first_noise, device: 
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):  # the median step resists the noise of a shared machine
-        noise = new_noise()
-        t = time.perf_counter()
-        step(noise)
-        sync(device)
-        times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
+    # the median step resists the noise of a shared machine
+    step_s = statistics.median(step_seconds(step, new_noise(), device) for _ in range(args.steps))
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"impl": args.impl, "precision": args.precision, "samples_per_s": args.batch / step_s,

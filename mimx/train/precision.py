@@ -54,6 +54,12 @@ class Precision:
         self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._first_backward = True  # bf16-pure: the masters' gradients hold nothing of this step yet
 
+    @classmethod
+    def for_fp32_model(cls, spec: str, device: torch.device) -> Precision:
+        """The precision for a model that stays fp32 (no masters to keep): ``bf16-pure`` runs as bf16
+        autocast, every other mode as itself."""
+        return cls("bf16" if spec == "bf16-pure" else spec, device)
+
     @property
     def pure(self) -> bool:
         return self.mode == "bf16-pure"

@@ -272,8 +272,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     maps = MultiDataConfig(image_size=model.config.img_size, depth_unit=data_cfg.depth_unit, missing="allow")
     wanted = {n: specs[n] for n in {*inputs, target}}
     data = EvalData(data_cfg, lambda train: MultiDecoder(maps, wanted, train=train), lambda sample: -1)
-    # the model stays fp32 here (no masters to keep), so bf16-pure runs as bf16 autocast
-    precision = Precision("bf16" if cfg.precision == "bf16-pure" else cfg.precision, device)
+    precision = Precision.for_fp32_model(cfg.precision, device)  # the model and head train in fp32 here
     set_fused_attention(model, precision.prefers_fused_attention())
     started = time.perf_counter()
     if probe_cfg.kind == "adapter":
