@@ -39,8 +39,7 @@ def _split_dim(dim: int, parts: int) -> list[int]:
     return sizes
 
 
-@functools.lru_cache(maxsize=64)
-def _sincos_grid_cached(grid: tuple[int, ...], dim: int, temperature: float) -> torch.Tensor:
+def _sincos_grid(grid: tuple[int, ...], dim: int, temperature: float) -> torch.Tensor:
     coords = torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")
     sizes = _split_dim(dim, len(grid))
     # fastest-varying axis (last) first
@@ -51,12 +50,16 @@ def _sincos_grid_cached(grid: tuple[int, ...], dim: int, temperature: float) -> 
     return torch.cat(parts, dim=1).to(torch.float32)
 
 
+_sincos_grid_cached = functools.lru_cache(maxsize=64)(_sincos_grid)
+
+
 def sincos_grid(grid: tuple[int, ...] | list[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Embedding ``[prod(grid), dim]`` for a row-major token grid of 1, 2 or 3 axes."""
     grid = tuple(int(n) for n in grid)
     if not 1 <= len(grid) <= 3:
         raise ValueError(f"sin-cos grids have 1 to 3 axes, got {grid}")
-    return _sincos_grid_cached(grid, dim, float(temperature)).clone()
+    build = _sincos_grid if torch.compiler.is_compiling() else _sincos_grid_cached  # dynamo skips lru_cache
+    return build(grid, dim, float(temperature)).clone()
 
 
 class _FixedTable(torch.nn.Module, abc.ABC):
@@ -91,14 +94,16 @@ class SinCosGridPosition(_FixedTable):
         return sincos_grid(grid, self.dim, self.temperature)
 
 
-@functools.lru_cache(maxsize=16)
-def _index_table_cached(length: int, dim: int, temperature: float) -> torch.Tensor:
+def _index_table(length: int, dim: int, temperature: float) -> torch.Tensor:
     exponent = 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim
     angles = torch.arange(length, dtype=torch.float64).reshape(-1, 1) / temperature ** exponent.reshape(1, -1)
     table = torch.empty_like(angles)
     table[:, 0::2] = angles[:, 0::2].sin()
     table[:, 1::2] = angles[:, 1::2].cos()
     return table.to(torch.float32)
+
+
+_index_table_cached = functools.lru_cache(maxsize=16)(_index_table)
 
 
 def sincos_index_table(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -108,7 +113,8 @@ def sincos_index_table(length: int, dim: int, temperature: float = 10000.0) -> t
     it) adds to tubelet tokens; it ignores the grid's shape, so a model trained
     with it only makes sense at the token count it was trained on.
     """
-    return _index_table_cached(int(length), int(dim), float(temperature)).clone()
+    build = _index_table if torch.compiler.is_compiling() else _index_table_cached
+    return build(int(length), int(dim), float(temperature)).clone()
 
 
 class SinCosIndexPosition(_FixedTable):

@@ -94,3 +94,26 @@ def test_fused_unless_grad_runs_sdpa_for_inference_only(monkeypatch):
     explicit = model.encode(x)
     assert len(calls) == 2 and explicit.requires_grad
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_model_matches_eager_without_dynamo_warnings():
+    """``train.compile=true`` runs the same computation; tracing meets nothing dynamo warns about
+    (the position tables' lru_cache is bypassed while compiling)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = mae_vit("tiny", img_size=32, patch_size=8, depth=2, decoder_depth=1)
+    twin = mae_vit("tiny", img_size=32, patch_size=8, depth=2, decoder_depth=1)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:  # first call: the position tables are built while tracing
+        warnings.simplefilter("always")
+        compiled = torch.compile(model)(x, generator=torch.Generator().manual_seed(0)).loss
+    assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]
+    compiled.backward()
+    eager = twin(x, generator=torch.Generator().manual_seed(0)).loss
+    eager.backward()
+    torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-5, atol=1e-6)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
