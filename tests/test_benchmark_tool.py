@@ -22,3 +22,13 @@ def test_paired_steps_compute_the_same_loss(modality, extra):
     assert [len(t) for t in result["times"]] == [3, 3]
     mine, peer = result["first_loss"]
     assert abs(mine - peer) < 1e-5 * abs(peer)
+
+
+def test_paired_command_reports_every_mimx_configuration_against_every_peer():
+    cmd = [sys.executable, str(TOOL), "paired", "--model", "tiny", "--image", "32", "--patch", "8", "--batch", "2",
+           "--steps", "2", "--warmup", "1", "--device", "cpu", "--threads", "1"]
+    out = subprocess.run([*cmd, "--pair", "mimx:fp32,mimx:bf16,transformers-eager:fp32"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "mimx:fp32 / transformers-eager:fp32: " in out and "mimx:bf16 / transformers-eager:fp32: " in out
+    bad = subprocess.run([*cmd, "--pair", "mimx:fp32:eager"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "impl:precision:compiled" in bad.stderr

@@ -30,6 +30,8 @@ same total token count, visible count, encoder and decoder width, fp32 and bf16.
 ``--paired N`` then builds mimx's best configuration and the peers' best side by side in one process
 and times N steps of each in turn: on a shared machine whose speed drifts between processes, the
 median of those per-step ratios is the comparison to trust.
+``paired --pair impl:precision[:compiled],...``: the same for any set of configurations, eager or under
+``torch.compile`` (e.g. each side's best with and without compiling), every mimx one against every peer.
 Results go in docs/benchmarks.md with the command that produced them.
 """
 
@@ -154,6 +156,14 @@ def measure_step(args: argparse.Namespace) -> dict:
     return timed_steps(args, *build_step(args), device)
 
 
+def parse_spec(spec: str) -> tuple[str, str, bool]:
+    """``impl:precision`` or ``impl:precision:compiled`` (that one under ``torch.compile``)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "compiled"):
+        raise SystemExit(f"--pair entry {spec!r}: write impl:precision or impl:precision:compiled")
+    return parts[0], parts[1], len(parts) == 3
+
+
 def measure_paired(args: argparse.Namespace) -> dict:
     """Runs in a child process: two configurations built side by side, timed one step each in turn.
 
@@ -165,8 +175,9 @@ def measure_paired(args: argparse.Namespace) -> dict:
     device = child_device(args)
     built, first_losses = [], []
     for spec in args.pair:
-        impl, precision = spec.split(":")
-        one = argparse.Namespace(**{**vars(args), "impl": impl, "precision": precision})
+        impl, precision, compiled = parse_spec(spec)
+        one = argparse.Namespace(**{**vars(args), "impl": impl, "precision": precision,
+                                    "compile": compiled or args.compile})
         step, new_input, first_input = build_step(one)
         first_losses.append(float(step(first_input)))
         built.append((step, new_input))
@@ -330,18 +341,41 @@ def run_child(args: argparse.Namespace, what: list[str], steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def ratio_quartiles(t_mine: list[float], t_peer: list[float]) -> list[float]:
+    """Quartiles of the per-round speed ratios ``t_peer / t_mine`` (the middle one is the median)."""
+    ratios = sorted(b / a for a, b in zip(t_mine, t_peer, strict=True))
+    return statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+
+
 def report_paired(args: argparse.Namespace, mine: dict, peer: dict) -> None:
     """Alternate steps of the two best configurations in one process; print the median per-round ratio."""
     pair = [f"{mine['impl']}:{mine['precision']}", f"{peer['impl']}:{peer['precision']}"]
     r = run_child(args, ["_paired", "--pair", ",".join(pair)], args.paired)
     t_mine, t_peer = r["times"]
-    ratios = sorted(b / a for a, b in zip(t_mine, t_peer, strict=True))
-    quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    quart = ratio_quartiles(t_mine, t_peer)
     print(f"paired, one process, {args.paired} alternating steps each: {pair[0]} "
           f"{args.batch / statistics.median(t_mine):.2f} samples/s, {pair[1]} "
           f"{args.batch / statistics.median(t_peer):.2f} samples/s; per-step ratio median "
           f"{quart[1]:.2f}x (quartiles {quart[0]:.2f}-{quart[2]:.2f}x); first losses "
           + " / ".join(f"{v:.6f}" for v in r["first_loss"]))
+
+
+def cmd_paired(args: argparse.Namespace) -> None:
+    """Any set of configurations (``--pair``, eager or compiled) in one process, timed one step each in turn;
+    every mimx configuration against every peer by the median per-round ratio."""
+    for spec in args.pair:
+        parse_spec(spec)
+    r = run_child(args, ["_paired", "--pair", ",".join(args.pair)], args.steps)
+    print(f"# paired, one process, {args.steps} alternating steps each after {args.warmup} warm-up; "
+          f"{args.modality} {args.model}, batch {args.batch}, mask {args.mask_ratio}")
+    print("| configuration | samples/s (median) | first loss |\n|---|---|---|")
+    for spec, times, loss in zip(args.pair, r["times"], r["first_loss"], strict=True):
+        print(f"| {spec} | {args.batch / statistics.median(times):.2f} | {loss:.6f} |")
+    named = list(zip(args.pair, r["times"], strict=True))
+    for mine, t_mine in (x for x in named if x[0].startswith("mimx")):
+        for peer, t_peer in (x for x in named if not x[0].startswith("mimx")):
+            quart = ratio_quartiles(t_mine, t_peer)
+            print(f"{mine} / {peer}: {quart[1]:.2f}x (quartiles {quart[0]:.2f}-{quart[2]:.2f}x)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -645,7 +679,7 @@ def cmd_peak(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("step", "_step", "_paired"):
+    for name in ("step", "paired", "_step", "_paired"):
         p = sub.add_parser(name)
         p.add_argument("--model", default="base", choices=list(PRESET_SIZES))
         p.add_argument("--batch", type=int, default=8)
@@ -669,8 +703,9 @@ def main() -> None:
                            help="transformers-sdpa, transformers-eager (empty string: none)")
             p.add_argument("--paired", type=int, default=0,
                            help="then this many alternating steps of mimx's best and the peers' best in one process")
-        elif name == "_paired":
-            p.add_argument("--pair", type=lambda s: s.split(","), required=True, help="impl:precision,impl:precision")
+        elif name in ("paired", "_paired"):
+            p.add_argument("--pair", type=lambda s: s.split(","), required=True,
+                           help="impl:precision[:compiled],... e.g. mimx:bf16-pure,transformers-eager:bf16:compiled")
         else:
             p.add_argument("--impl", required=True)
             p.add_argument("--precision", required=True)
@@ -725,8 +760,8 @@ def main() -> None:
     if args.cmd in ("_step", "_paired"):
         print(json.dumps((measure_step if args.cmd == "_step" else measure_paired)(args)))
     else:
-        {"step": cmd_step, "loader": cmd_loader, "video-loader": cmd_video_loader, "peak": cmd_peak,
-         "point-ops": cmd_point_ops, "point-step": cmd_point_step,
+        {"step": cmd_step, "paired": cmd_paired, "loader": cmd_loader, "video-loader": cmd_video_loader,
+         "peak": cmd_peak, "point-ops": cmd_point_ops, "point-step": cmd_point_step,
          "multimodal-step": cmd_multimodal_step}[args.cmd](args)
 
 
