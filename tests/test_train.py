@@ -1,6 +1,7 @@
 """End-to-end pretraining on the real sample shards: loss falls, resume is exact, checkpoints stay intact."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,22 @@ def test_bf16_pure_trains_as_well_as_autocast(samples, tmp_path):
         final[precision] = float(read_metrics(tmp_path / precision)[-1]["loss"])
     assert abs(final["bf16-pure"] - final["fp32"]) < 0.05 * final["fp32"], final
     assert abs(final["bf16"] - final["fp32"]) < 0.05 * final["fp32"], final
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_training_logs_the_eager_losses(samples, tmp_path):
+    """``train.compile=true`` through the engine (bf16-pure, its attention switch, resumable loader): the
+    same logged losses as eager, to bf16 rounding; a wrong mode is refused before anything runs."""
+    common = ("train.steps=6", "train.precision=bf16-pure", "train.fused_attention=auto", "train.ckpt_every=0")
+    run(tiny_overrides(tmp_path / "eager", samples, *common))
+    run(tiny_overrides(tmp_path / "compiled", samples, *common, "train.compile=true"))
+    eager = [float(r["loss"]) for r in read_metrics(tmp_path / "eager")]
+    compiled = [float(r["loss"]) for r in read_metrics(tmp_path / "compiled")]
+    assert len(eager) == 3 and compiled == pytest.approx(eager, rel=0.01)
+    with pytest.raises(UserError, match=r"train.compile='fastest'; choose false, true or one of default"):
+        run(tiny_overrides(tmp_path / "bad", samples, "train.compile=fastest"))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
 ALLOCATOR_PROBE = """

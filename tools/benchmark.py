@@ -221,7 +221,7 @@ def mimx_step(model, args: argparse.Namespace, device: torch.device, x: torch.Te
     groups = param_groups(model, 0.05)
     precision.attach(model)
     optimizer = build_adamw(precision.optimizer_groups(groups), 1e-4, (0.9, 0.95), device)
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     xin = x.to(precision.input_dtype)
 
     def step(noise: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ def peer_step(model, args: argparse.Namespace, device: torch.device, call):
     model.config._attn_implementation = attn
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
 
     def step(noise: torch.Tensor) -> torch.Tensor:
@@ -335,6 +335,7 @@ def run_child(args: argparse.Namespace, what: list[str], steps: int) -> dict:
            "--frames", str(args.frames), "--tubelet", str(args.tubelet), "--cpu-allocator", args.cpu_allocator]
     if args.compile:
         cmd.append("--compile")
+    cmd += ["--compile-mode", args.compile_mode]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(what)} failed:\n{out.stderr[-3000:]}")
@@ -677,6 +678,8 @@ def cmd_peak(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from mimx.train.engine import COMPILE_MODES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("step", "paired", "_step", "_paired"):
@@ -694,6 +697,8 @@ def main() -> None:
         p.add_argument("--device", default="auto")
         p.add_argument("--threads", type=int, default=0)
         p.add_argument("--compile", action="store_true")
+        p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                       help="torch.compile mode for --compile and :compiled entries (reduce-overhead: CUDA graphs)")
         p.add_argument("--cpu-allocator", choices=["heap", "system"], default="heap",
                        help="host allocator for every implementation (mimx.train.allocator; mimx training's default)")
         if name == "step":

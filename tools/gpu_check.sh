@@ -7,7 +7,8 @@
 # the CUDA tests, the matmul peak, the train steps of mimx against transformers (ViT-B and ViT-L MAE,
 # VideoMAE-B) in bf16 with throughput and share of the measured peak, then the Point-MAE ops and step and the
 # MultiMAE step. Each benchmark configuration starts its own process (tens of seconds of start-up each there).
-# QUICK=1 DEVICE=cpu: a dry run.
+# QUICK=1 DEVICE=cpu: a dry run. COMPILED=1: instead, only ViT-B MAE eager against torch.compile with CUDA graphs
+# (mode reduce-overhead) for both mimx and transformers, paired in one process (a second call, about 200 s).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -27,6 +28,11 @@ step() {  # name, limit in seconds, then the benchmark's arguments
     echo "rc $?" >> "$OUT/$name.txt"
     grep -v "^  round" "$OUT/$name.txt" | tail -8
 }
+if [ "${COMPILED:-0}" = 1 ]; then
+    step image_b_compiled 240 paired --model base --batch 64 --steps 10 --warmup 3 --compile-mode reduce-overhead \
+        --pair mimx:bf16,transformers-sdpa:bf16,mimx:bf16:compiled,transformers-sdpa:bf16:compiled
+    exit 0
+fi
 if [ "${QUICK:-0}" = 1 ]; then
     step image 300 step --model tiny --image 32 --patch 8 --batch 4 --steps 2 --warmup 1 --repeats 1 --precisions bf16
     step video 300 step --modality video --model tiny --image 32 --frames 4 --batch 2 --steps 2 --warmup 1 \

@@ -55,7 +55,7 @@ class TrainConfig:
     fused_attention: str | bool = "auto"  # auto (SDPA; matmul + softmax under autograd, bf16 on CPU) | true | false
     device: str = "auto"  # auto | cpu | cuda
     cpu_allocator: str = "auto"  # auto (heap on the CPU: no page faults for large tensors every step) | heap | system
-    compile: bool = False
+    compile: bool | str = False  # false | true (torch.compile's default mode) | reduce-overhead | max-autotune
     grad_checkpointing: bool = False
     seed: int = 0
     log_every: int = 20
@@ -65,6 +65,21 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | path to a checkpoint
     tensorboard: bool = True
     progress: bool = True
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: bool | str) -> str | None:
+    """The ``torch.compile`` mode for ``train.compile`` (``None``: run eagerly)."""
+    if value is False or str(value).lower() == "false":
+        return None
+    if value is True or str(value).lower() == "true":
+        return "default"
+    if value not in COMPILE_MODES:
+        raise UserError(f"train.compile={value!r}; choose false, true or one of {', '.join(COMPILE_MODES)} "
+                        "(reduce-overhead adds CUDA graphs on a GPU)")
+    return value
 
 
 class Task(Protocol):
@@ -147,6 +162,7 @@ class Trainer:
         if fused is None:
             raise UserError(f"train.fused_attention={cfg.fused_attention!r}; choose auto, true or false")
         set_fused_attention(self.model, fused)
+        mode = compile_mode(cfg.compile)  # a wrong value stops here, before a checkpoint is read
         groups = param_groups(self.model, cfg.weight_decay)
         self.precision.attach(self.model)
         self.optimizer = build_adamw(self.precision.optimizer_groups(groups), self.peak_lr, tuple(cfg.betas),
@@ -162,8 +178,8 @@ class Trainer:
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
-            wrapped = torch.compile(wrapped)
+        if mode is not None:
+            wrapped = torch.compile(wrapped, mode=mode)
         self.wrapped = wrapped
 
     # ------------------------------------------------------------------ checkpoints
