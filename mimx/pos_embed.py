@@ -76,6 +76,8 @@ class _FixedTable(torch.nn.Module, abc.ABC):
         """The ``[prod(grid), dim]`` table for a token grid."""
 
     def forward(self, grid: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # built inside the graph: a cache lookup would be guarded and recompile
+            return self.table(tuple(grid)).unsqueeze(0).to(device)
         key = (tuple(grid), device)
         table = self._cache.get(key)
         if table is None:

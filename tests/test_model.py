@@ -101,8 +101,8 @@ def test_fused_unless_grad_runs_sdpa_for_inference_only(monkeypatch):
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compiled_model_matches_eager_without_dynamo_warnings():
-    """``train.compile=true`` runs the same computation; tracing meets nothing dynamo warns about
-    (the position tables' lru_cache is bypassed while compiling)."""
+    """``train.compile=true`` runs the same computation; tracing meets nothing dynamo warns about (the
+    position tables' caches are bypassed while compiling), and the next step reuses the graph."""
     import warnings
 
     torch.manual_seed(0)
@@ -111,10 +111,16 @@ def test_compiled_model_matches_eager_without_dynamo_warnings():
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch._dynamo.reset()
+    fwd = torch.compile(model)
     with warnings.catch_warnings(record=True) as caught:  # first call: the position tables are built while tracing
         warnings.simplefilter("always")
-        compiled = torch.compile(model)(x, generator=torch.Generator().manual_seed(0)).loss
+        compiled = fwd(x, generator=torch.Generator().manual_seed(0)).loss
     assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]
+    compiled.backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a cached table must not change the guards
+        fwd(x, generator=torch.Generator().manual_seed(1)).loss.backward()
+    model.zero_grad(set_to_none=True)
+    compiled = fwd(x, generator=torch.Generator().manual_seed(0)).loss
     compiled.backward()
     eager = twin(x, generator=torch.Generator().manual_seed(0)).loss
     eager.backward()
