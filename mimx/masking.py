@@ -40,21 +40,27 @@ class Mask:
         return Mask(self.mask.to(device), self.ids_keep.to(device), self.ids_restore.to(device))
 
     @staticmethod
-    def from_bool(mask: torch.Tensor) -> Mask:
-        """Build ids from a boolean mask; every row must hide the same number of tokens."""
+    def from_bool(mask: torch.Tensor, num_visible: int | None = None) -> Mask:
+        """Build ids from a boolean mask; every row must hide the same number of tokens.
+
+        A generator that knows its exact ``num_visible`` passes it: the rows are
+        then not read back to check and count them (no host synchronisation on
+        a GPU, no graph break under ``torch.compile``).
+        """
         if mask.dtype != torch.bool:
             mask = mask.bool()
-        hidden = mask.sum(1)
-        if hidden.numel() and not bool((hidden == hidden[0]).all()):
-            raise ValueError(
-                f"masks hide different token counts per sample ({hidden.tolist()}); the encoder drops "
-                "hidden tokens, so every sample needs the same count (use an exact mask generator)"
-            )
+        if num_visible is None:
+            hidden = mask.sum(1)
+            if hidden.numel() and not bool((hidden == hidden[0]).all()):
+                raise ValueError(
+                    f"masks hide different token counts per sample ({hidden.tolist()}); the encoder drops "
+                    "hidden tokens, so every sample needs the same count (use an exact mask generator)"
+                )
+            num_visible = mask.shape[1] - (int(hidden[0]) if hidden.numel() else 0)
         # stable sort puts visible tokens (0) first, each group in index order
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
-        num_keep = mask.shape[1] - (int(hidden[0]) if hidden.numel() else 0)
-        return Mask(mask, ids_shuffle[:, :num_keep], ids_restore)
+        return Mask(mask, ids_shuffle[:, :num_visible], ids_restore)
 
 
 def check_ratio(ratio: float, name: str = "mask ratio") -> float:
@@ -109,7 +115,7 @@ def tube_mask(
 ) -> Mask:
     """One spatial random mask repeated over ``frames`` (VideoMAE tube masking); tokens are time-major."""
     spatial = random_mask(batch, tokens_per_frame, ratio, noise=noise, generator=generator, device=device)
-    return Mask.from_bool(spatial.mask.repeat(1, frames))
+    return Mask.from_bool(spatial.mask.repeat(1, frames), num_visible=spatial.num_visible * frames)
 
 
 def coarse_mask(
@@ -137,7 +143,7 @@ def coarse_mask(
     rank = torch.argsort(torch.argsort(noise, dim=1), dim=1)
     coarse = (rank < hidden).view(batch, gh, gw)
     fine = coarse.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2).reshape(batch, h * w)
-    return Mask.from_bool(fine if device is None else fine.to(device))
+    return Mask.from_bool(fine if device is None else fine.to(device), num_visible=(cells - hidden) * cell * cell)
 
 
 def block_mask_numpy(

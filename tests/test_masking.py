@@ -56,6 +56,8 @@ def test_tube_mask_repeats_over_time():
     frames = m.mask.view(2, 4, 9)
     assert (frames == frames[:, :1]).all()
     assert (m.mask.sum(1) == 4 * (9 - int(9 * (1 - 0.67)))).all()
+    checked = Mask.from_bool(m.mask)  # the count tube_mask passes in is the one a check reads back
+    assert torch.equal(checked.ids_keep, m.ids_keep) and torch.equal(checked.ids_restore, m.ids_restore)
 
 
 def test_coarse_mask_cells():
@@ -66,6 +68,8 @@ def test_coarse_mask_cells():
     grid = m.mask.view(6, 4, 3, 4, 3)
     # each 3x3 cell is entirely hidden or entirely visible
     assert ((grid.all(dim=(2, 4))) | (~grid.any(dim=(2, 4)))).all()
+    checked = Mask.from_bool(m.mask)
+    assert torch.equal(checked.ids_keep, m.ids_keep) and torch.equal(checked.ids_restore, m.ids_restore)
 
 
 def _components(mask: np.ndarray) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -166,6 +167,21 @@ def test_dropped_inputs_get_no_tokens_but_are_still_reconstructed():
     big = tiny(drop_inputs=0.9, num_visible=40)  # one modality (16 tokens) cannot hold 40 visible tokens
     out = big(batch(8), generator=torch.Generator().manual_seed(5))
     assert ((out.counts > 0).sum(1) >= 3).all() and (out.counts.sum(1) == 40).all()
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_model_keeps_its_graph_across_steps_and_matches_eager():
+    """The budget sampling (fresh seeds, integer loops) stays out of the graph: no recompile per step."""
+    model, twin = tiny(), tiny()
+    torch._dynamo.reset()
+    fwd = torch.compile(model, backend="aot_eager")  # dynamo and autograd tracing, no kernel building
+    fwd(batch(), generator=torch.Generator().manual_seed(0)).loss.backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = fwd(batch(), generator=torch.Generator().manual_seed(1))
+    eager = twin(batch(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(compiled.counts, eager.counts)
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-4, atol=1e-5)
 
 
 def test_encode_any_subset_of_inputs():

@@ -288,6 +288,14 @@ class MultiMAE(nn.Module):
                             f"{c.num_visible}; lower num_visible or keep more modalities")
         return split_budget(weights.cpu(), present.long() * lengths[0], c.num_visible).to(device)
 
+    @torch.compiler.disable  # per-step integer budgeting with fresh seeds: traced, every step would recompile
+    def sample_mask(self, lengths: list[int], present: torch.Tensor, *, noise: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                    device=None) -> tuple[Mask, torch.Tensor]:
+        """The step's mask over the input tokens and its visible counts per modality ``[B, M_in]``."""
+        counts = self.budget(present.shape[0], present, generator=generator, weights=weights, device=device)
+        return group_budget_mask(lengths, counts, noise=noise, generator=generator), counts
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor], *, present: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None, weights: torch.Tensor | None = None,
@@ -307,8 +315,8 @@ class MultiMAE(nn.Module):
         in_present = have[:, [names.index(n) for n in self.inputs]]
         ready = self.prepare(batch)
         tokens, lengths = self.tokens(batch, self.inputs, ready)
-        counts = self.budget(size, in_present, generator=generator, weights=weights, device=device)
-        mask = group_budget_mask(lengths, counts, noise=noise, generator=generator)
+        mask, counts = self.sample_mask(lengths, in_present, noise=noise, weights=weights, generator=generator,
+                                        device=device)
         latent = self.encoder(tokens, tokens.new_zeros(1, 1, tokens.shape[-1]), mask)
         prefix = self.encoder.num_prefix_tokens
         preds, losses = {}, {}
