@@ -210,7 +210,8 @@ def block_mask(
     hidden = min(num_tokens - 1, int(round(num_tokens * ratio)))
     rng = np.random.default_rng(seed)
     rows = [block_mask_numpy(grid, hidden, rng, min_block=min_block, min_aspect=min_aspect) for _ in range(batch)]
-    return Mask.from_bool(torch.from_numpy(np.stack(rows)).to(device))
+    # exact counts, and ids built on the host before the move: no read back from the device
+    return Mask.from_bool(torch.from_numpy(np.stack(rows)), num_visible=num_tokens - hidden).to(device)
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,8 @@ def test_block_mask_exact_and_coverage_statistics():
     hidden = round(196 * ratio)
     m = block_mask(n, grid, ratio, seed=0)
     assert (m.mask.sum(1) == hidden).all()
+    checked = Mask.from_bool(m.mask)
+    assert torch.equal(checked.ids_keep, m.ids_keep) and torch.equal(checked.ids_restore, m.ids_restore)
     masks = m.mask.view(n, *grid).numpy()
     freq = masks.mean(0)
     assert abs(freq.mean() - hidden / 196) < 1e-9
