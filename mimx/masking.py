@@ -394,14 +394,15 @@ def group_budget_mask(lengths: Sequence[int], counts: torch.Tensor, *, noise: to
     ones with the lowest ``noise`` (``[B, sum(lengths)]``, drawn from ``generator`` when not given).
     """
     batch, total_len = counts.shape[0], int(sum(lengths))
-    visible = counts.sum(1)
+    visible = counts.sum(1)  # counts on the host (as split_budget gives them): checked without a device read
     if bool((visible != visible[0]).any()):
         raise ValueError("every sample needs the same visible count")
+    num_visible = int(visible[0])
     if noise is None:
         noise = torch.rand(batch, total_len, generator=generator,
                            device=generator.device if generator is not None else counts.device)
-    noise = noise.to(counts.device)
-    keep = torch.zeros(batch, total_len, dtype=torch.bool, device=counts.device)
+    counts = counts.to(noise.device)
+    keep = torch.zeros(batch, total_len, dtype=torch.bool, device=noise.device)
     start = 0
     for m, length in enumerate(lengths):
         ranks = noise[:, start:start + length].argsort(1).argsort(1)
@@ -410,7 +411,7 @@ def group_budget_mask(lengths: Sequence[int], counts: torch.Tensor, *, noise: to
     score = noise + (~keep).float() * 2  # kept tokens first, each set in noise order
     ids_shuffle = score.argsort(1)
     ids_restore = ids_shuffle.argsort(1)
-    return Mask(~keep, ids_shuffle[:, :int(visible[0])], ids_restore)
+    return Mask(~keep, ids_shuffle[:, :num_visible], ids_restore)
 
 
 MASKINGS = {"random": RandomMasking, "tube": TubeMasking, "block": BlockMasking, "coarse": CoarseMasking}
