@@ -165,7 +165,7 @@ def parse_spec(spec: str) -> tuple[str, str, bool]:
 
 
 def measure_paired(args: argparse.Namespace) -> dict:
-    """Runs in a child process: two configurations built side by side, timed one step each in turn.
+    """Runs in a child process: the configurations built side by side, timed one step each in turn.
 
     On a shared machine whose speed drifts by tens of percent over minutes,
     configurations measured in separate processes meet different machines; two
