@@ -386,23 +386,26 @@ def split_budget(weights: torch.Tensor, lengths: Sequence[int] | torch.Tensor, t
 
 
 def group_budget_mask(lengths: Sequence[int], counts: torch.Tensor, *, noise: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> Mask:
+                      generator: torch.Generator | None = None, device=None) -> Mask:
     """MultiMAE masking over groups of tokens laid end to end (one group per modality).
 
     ``counts [B, M]`` visible tokens per group (e.g. from :func:`split_budget`, the same total in
     every row so the encoder batches without padding); within a group the visible tokens are the
     ones with the lowest ``noise`` (``[B, sum(lengths)]``, drawn from ``generator`` when not given).
+    The mask is built on ``device`` (default: ``counts``'); counts kept on the host are checked
+    without a read back from the device.
     """
     batch, total_len = counts.shape[0], int(sum(lengths))
-    visible = counts.sum(1)  # counts on the host (as split_budget gives them): checked without a device read
+    visible = counts.sum(1)
     if bool((visible != visible[0]).any()):
         raise ValueError("every sample needs the same visible count")
     num_visible = int(visible[0])
+    device = counts.device if device is None else torch.device(device)
     if noise is None:
         noise = torch.rand(batch, total_len, generator=generator,
-                           device=generator.device if generator is not None else counts.device)
-    counts = counts.to(noise.device)
-    keep = torch.zeros(batch, total_len, dtype=torch.bool, device=noise.device)
+                           device=generator.device if generator is not None else device)
+    noise, counts = noise.to(device), counts.to(device)
+    keep = torch.zeros(batch, total_len, dtype=torch.bool, device=device)
     start = 0
     for m, length in enumerate(lengths):
         ranks = noise[:, start:start + length].argsort(1).argsort(1)

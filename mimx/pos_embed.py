@@ -39,6 +39,23 @@ def _split_dim(dim: int, parts: int) -> list[int]:
     return sizes
 
 
+def _cached_unless_compiling(maxsize: int):
+    """``lru_cache`` for a table builder, bypassed while dynamo traces (which ignores such caches); every
+    call returns a copy the caller may modify."""
+
+    def wrap(build):
+        cached = functools.lru_cache(maxsize=maxsize)(build)
+
+        @functools.wraps(build)
+        def table(*args) -> torch.Tensor:
+            return (build(*args) if torch.compiler.is_compiling() else cached(*args)).clone()
+
+        return table
+
+    return wrap
+
+
+@_cached_unless_compiling(maxsize=64)
 def _sincos_grid(grid: tuple[int, ...], dim: int, temperature: float) -> torch.Tensor:
     coords = torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")
     sizes = _split_dim(dim, len(grid))
@@ -50,16 +67,12 @@ def _sincos_grid(grid: tuple[int, ...], dim: int, temperature: float) -> torch.T
     return torch.cat(parts, dim=1).to(torch.float32)
 
 
-_sincos_grid_cached = functools.lru_cache(maxsize=64)(_sincos_grid)
-
-
 def sincos_grid(grid: tuple[int, ...] | list[int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Embedding ``[prod(grid), dim]`` for a row-major token grid of 1, 2 or 3 axes."""
     grid = tuple(int(n) for n in grid)
     if not 1 <= len(grid) <= 3:
         raise ValueError(f"sin-cos grids have 1 to 3 axes, got {grid}")
-    build = _sincos_grid if torch.compiler.is_compiling() else _sincos_grid_cached  # dynamo skips lru_cache
-    return build(grid, dim, float(temperature)).clone()
+    return _sincos_grid(grid, dim, float(temperature))
 
 
 class _FixedTable(torch.nn.Module, abc.ABC):
@@ -96,6 +109,7 @@ class SinCosGridPosition(_FixedTable):
         return sincos_grid(grid, self.dim, self.temperature)
 
 
+@_cached_unless_compiling(maxsize=16)
 def _index_table(length: int, dim: int, temperature: float) -> torch.Tensor:
     exponent = 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim
     angles = torch.arange(length, dtype=torch.float64).reshape(-1, 1) / temperature ** exponent.reshape(1, -1)
@@ -105,9 +119,6 @@ def _index_table(length: int, dim: int, temperature: float) -> torch.Tensor:
     return table.to(torch.float32)
 
 
-_index_table_cached = functools.lru_cache(maxsize=16)(_index_table)
-
-
 def sincos_index_table(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """``[length, dim]`` sinusoid table over the flattened token index, sin and cos interleaved.
 
@@ -115,8 +126,7 @@ def sincos_index_table(length: int, dim: int, temperature: float = 10000.0) -> t
     it) adds to tubelet tokens; it ignores the grid's shape, so a model trained
     with it only makes sense at the token count it was trained on.
     """
-    build = _index_table if torch.compiler.is_compiling() else _index_table_cached
-    return build(int(length), int(dim), float(temperature)).clone()
+    return _index_table(int(length), int(dim), float(temperature))
 
 
 class SinCosIndexPosition(_FixedTable):

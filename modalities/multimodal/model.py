@@ -294,10 +294,8 @@ class MultiMAE(nn.Module):
                     device=None) -> tuple[Mask, torch.Tensor]:
         """The step's mask over the input tokens and its visible counts per modality ``[B, M_in]``."""
         counts = self.budget(present.shape[0], present, generator=generator, weights=weights)  # on the host
-        if noise is None:
-            noise = torch.rand(present.shape[0], sum(lengths), generator=generator,
-                               device=generator.device if generator is not None else device)
-        return group_budget_mask(lengths, counts, noise=noise.to(device)), counts.to(device)
+        mask = group_budget_mask(lengths, counts, noise=noise, generator=generator, device=device)
+        return mask, counts.to(device)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor], *, present: torch.Tensor | None = None,
