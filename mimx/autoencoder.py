@@ -15,7 +15,6 @@ from torch import nn
 
 from mimx.losses import masked_loss
 from mimx.masking import Mask, RandomMasking, gather_tokens
-from mimx.patches import denormalize_patches, normalize_patches, patchify
 from mimx.transformer import MaskedDecoder, MaskedEncoder
 
 
@@ -41,51 +40,6 @@ class MAEOutput:
         full = self.pred.new_zeros(*self.mask.mask.shape, self.pred.shape[-1])
         index = self.decoded.unsqueeze(-1).expand(-1, -1, self.pred.shape[-1])
         return full.scatter(1, index, self.pred)
-
-
-class PixelTarget:
-    """Patchified pixels, optionally normalised per token (MAE's norm-pix target).
-
-    ``per_channel``: normalise each channel of a token on its own (VideoMAE);
-    ``eps_outside``: divide by ``std + eps`` rather than ``sqrt(var + eps)``;
-    ``mean``/``std``: undo the input normalisation first, so targets are pixels
-    in [0, 1] (VideoMAE computes its targets that way).
-    """
-
-    def __init__(self, patch: tuple[int, ...], norm_pix: bool = True, per_channel: int | None = None,
-                 eps: float = 1e-6, eps_outside: bool = False, mean: list[float] | None = None,
-                 std: list[float] | None = None) -> None:
-        self.patch = tuple(patch)
-        self.norm_pix = norm_pix
-        self.per_channel = per_channel
-        self.eps = eps
-        self.eps_outside = eps_outside
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
-
-    def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """The input with its normalisation undone (when mean/std are set)."""
-        x = x.float()
-        if self.mean is None or self.std is None:
-            return x
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.std.to(x.device).view(shape) + self.mean.to(x.device).view(shape)
-
-    def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
-        target = patchify(self.pixels(x), self.patch)
-        if self.norm_pix:
-            target = normalize_patches(target, self.per_channel, self.eps, self.eps_outside)
-        return target
-
-    def denormalize(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Predicted patches back in the pixel space of :meth:`pixels`, using ``x``'s patch statistics."""
-        reference = patchify(self.pixels(x), self.patch)
-        if not self.norm_pix:
-            return pred.float()
-        return denormalize_patches(pred.float(), reference, self.per_channel, self.eps, self.eps_outside)
-
-    def __repr__(self) -> str:
-        return f"PixelTarget(patch={self.patch}, norm_pix={self.norm_pix})"
 
 
 class MaskedAutoencoder(nn.Module):

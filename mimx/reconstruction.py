@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from mimx.autoencoder import MAEOutput, MaskedAutoencoder, PixelTarget
+from mimx.autoencoder import MAEOutput, MaskedAutoencoder
 from mimx.masking import Mask
 from mimx.patches import patchify, unpatchify
+from mimx.targets import HOGTarget, PixelTarget
 
 
 def hidden_pixels(mask: torch.Tensor, patch: tuple[int, ...], grid: tuple[int, ...], channels: int) -> torch.Tensor:
@@ -26,6 +27,9 @@ def reconstruction_panels(model: MaskedAutoencoder, x: torch.Tensor, mask: Mask,
                           grey: float = 0.5) -> torch.Tensor:
     """``[4, B, C, *S]``: original, masked input, reconstruction, reconstruction with the visible patches pasted.
 
+    For a HOG target (MaskFeat) the last two panels draw the HOG glyphs of the
+    original and of the prediction (hidden patches predicted, visible ones true).
+
     Panels are in the target's pixel space (:meth:`PixelTarget.pixels`), mapped
     by ``display`` (e.g. undoing the input normalisation; default: clamp to
     [0, 1]). With norm-pix targets the prediction is mapped back with each
@@ -33,19 +37,38 @@ def reconstruction_panels(model: MaskedAutoencoder, x: torch.Tensor, mask: Mask,
     grey and patchy). Hidden patches of the masked panel are ``grey``.
     """
     target = model.target
-    if not isinstance(target, PixelTarget):
-        raise TypeError("reconstruction panels need a model with a PixelTarget")
     if out is None:
         out = model(x, mask=mask, decode_all=True)
     grid = tuple(out.layout)
     channels = x.shape[1]
+    if display is None:
+        display = lambda t: t.clamp(0, 1)
+    if isinstance(target, HOGTarget):
+        return _feature_panels(target, x, mask, out, display, grey)
+    if not isinstance(target, PixelTarget):
+        raise TypeError(f"no reconstruction panels for a model whose target is {target!r}")
     original = target.pixels(x)
     patches = patchify(original, target.patch)
     pred = target.denormalize(out.full_prediction().float(), x)
     pasted = torch.where(mask.mask.unsqueeze(-1), pred, patches)
-    if display is None:
-        display = lambda t: t.clamp(0, 1)
     original, recon, recon_pasted = (display(unpatchify(t, target.patch, grid, channels))
                                      for t in (patches, pred, pasted))
     masked = original.masked_fill(hidden_pixels(mask.mask, target.patch, grid, channels), grey)
     return torch.stack([original, masked, recon, recon_pasted])
+
+
+def _feature_panels(target: HOGTarget, x: torch.Tensor, mask: Mask, out: MAEOutput,
+                    display: Callable[[torch.Tensor], torch.Tensor], grey: float) -> torch.Tensor:
+    """Original, masked input, the true HOG and the predicted HOG on hidden patches (true HOG on visible).
+
+    Cells smaller than 8 pixels are drawn enlarged (all four panels zoomed alike) so their glyphs stay legible.
+    """
+    grid = tuple(out.layout)
+    channels = x.shape[1]
+    zoom = -(-8 // target.cell)
+    original = display(x.float())
+    masked = original.masked_fill(hidden_pixels(mask.mask, target.patch, grid, channels), grey)
+    original, masked = (t.repeat_interleave(zoom, -2).repeat_interleave(zoom, -1) for t in (original, masked))
+    pred = torch.where(mask.mask.unsqueeze(-1), out.full_prediction().float(), out.target.float())
+    glyphs = [target.render(t, grid, channels, reference=out.target, zoom=zoom) for t in (out.target, pred)]
+    return torch.stack([original, masked, *(g.expand(-1, channels, -1, -1) for g in glyphs)])

@@ -1,10 +1,11 @@
-"""Parity with transformers' ViTMAE (randomly initialised, nothing downloaded) and timm export."""
+"""Parity with transformers' ViTMAE and ViTForMaskedImageModeling (randomly initialised, nothing downloaded) and
+timm export."""
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
+from transformers import ViTConfig, ViTForMaskedImageModeling, ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
 
 from mimx.config import UserError  # noqa: E402
@@ -17,6 +18,7 @@ from mimx.modalities.image.interop import (  # noqa: E402
     timm_state_dict,
     to_timm,
 )
+from mimx.pos_embed import sincos_grid  # noqa: E402
 
 
 def _hf_model(norm_pix: bool, image: int = 32, patch: int = 8, mask_ratio: float = 0.75) -> ViTMAEForPreTraining:
@@ -55,6 +57,33 @@ def test_same_loss_and_predictions_as_transformers(norm_pix, mask_ratio):
         enc = hf.vit(pixel_values=x, noise=noise).last_hidden_state
         mine = mae.encoder(*_tokens_pos(mae, x), ours.mask)
     torch.testing.assert_close(mine, enc, rtol=1e-5, atol=1e-5)
+
+
+def test_simmim_same_loss_and_reconstruction_as_transformers(tmp_path):
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, image_size=32,
+                    patch_size=8, encoder_stride=8, layer_norm_eps=1e-6, architectures=["ViTForMaskedImageModeling"])
+    hf = ViTForMaskedImageModeling(cfg).eval()
+    with torch.no_grad():  # fixed sin-cos positions (mimx computes them), non-trivial biases and mask token
+        hf.vit.embeddings.position_embeddings.copy_(torch.cat([torch.zeros(1, 64), sincos_grid((4, 4), 64)])[None])
+        hf.vit.embeddings.mask_token.normal_()
+        for p in hf.parameters():
+            if p.ndim == 1 and p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path)
+    mae = from_transformers(str(tmp_path)).eval()  # a saved folder: the architecture picks the converter
+    c = mae.config
+    assert (c.encoder_mode, c.decoder_depth, c.loss, c.norm_pix) == ("mask_token", 0, "l1", False)
+    x = torch.randn(3, 3, 32, 32)
+    hidden = torch.rand(3, 16).argsort(1) < 10  # 10 of 16 patches hidden per image
+    with torch.no_grad():
+        theirs = hf(pixel_values=x, bool_masked_pos=hidden)
+        ours = mae(x, mask=hidden)
+    torch.testing.assert_close(mae.unpatchify(ours.pred, (4, 4)), theirs.reconstruction, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-5, atol=1e-6)  # theirs: + 1e-5 in the denominator
+    learned = ViTForMaskedImageModeling(cfg)  # learned positions cannot be held
+    with pytest.raises(UserError, match="not the fixed MAE sin-cos table"):
+        from_transformers(learned)
 
 
 def _tokens_pos(mae, x):

@@ -1,10 +1,11 @@
-"""Quality benchmark on real data: MAE pretraining on Fashion-MNIST, then kNN, linear and attentive probes and
-few-label fine-tuning.
+"""Quality benchmark on real data: MAE (or SimMIM, MaskFeat) pretraining on Fashion-MNIST, then kNN, linear and
+attentive probes and few-label fine-tuning.
 
     python tools/quality_benchmark.py [--data data/fashion_mnist] [--out runs/fmnist_bench] [--epochs 12]
     python tools/quality_benchmark.py --quick      # MNIST 5k sample shards, a few minutes
+    python tools/quality_benchmark.py --method simmim --epochs 5 --protocols knn,linear --baselines none
 
-1. Pretrains a small ViT MAE on the 60,000 training images without labels.
+1. Pretrains a small ViT (``--method mae|simmim|maskfeat``) on the 60,000 training images without labels.
 2. kNN and linear probe on the test set for: the MAE encoder, the same encoder
    at random init, and raw pixels; the attentive probe (patch tokens) for the
    first two.
@@ -25,6 +26,12 @@ import time
 from pathlib import Path
 
 MIMX = [sys.executable, "-m", "mimx"]
+# per method, the model and masking settings for 28 px images in 4-px patches (a 7 x 7 grid)
+METHOD_ARGS = {
+    "mae": ["model.decoder_dim=128", "model.decoder_depth=2", "model.decoder_heads=4"],
+    "simmim": ["masking.cell=1"],  # SimMIM's 32-px cells would be 8 patches: one mask cell per patch here
+    "maskfeat": ["model.hog_cell=2", "masking.min_block=4"],  # 2 x 2 HOG cells per patch, as 8-px cells in 16
+}
 
 
 def run(cmd: list[str]) -> float:
@@ -41,6 +48,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--quick", action="store_true", help="MNIST 5k sample shards and short schedules")
     parser.add_argument("--precision", default="bf16-pure")
+    parser.add_argument("--method", choices=sorted(METHOD_ARGS), default="mae")
+    parser.add_argument("--protocols", default="knn,linear,attentive,finetune",
+                        help="comma-separated subset of knn, linear, attentive, finetune")
+    parser.add_argument("--baselines", choices=["all", "none"], default="all",
+                        help="none: evaluate only the pretrained encoder (random init and pixels skipped)")
     args = parser.parse_args()
     out = Path(args.out)
     if args.quick:
@@ -59,8 +71,8 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     pretrain_run = out / "pretrain"
-    model = ["model=vit_tiny", "model.img_size=28", "model.patch_size=4", "model.depth=6", "model.decoder_dim=128",
-             "model.decoder_depth=2", "model.decoder_heads=4"]
+    model = ["model=vit_tiny", "model.img_size=28", "model.patch_size=4", "model.depth=6",
+             f"method={args.method}", *METHOD_ARGS[args.method]]
     timings["pretrain"] = run([*MIMX, "image", "pretrain", *model, "data=shards", f"data.shards={train}",
                                "data.scale=[0.5,1.0]", "data.num_workers=2", f"train.epochs={epochs}",
                                "train.warmup_epochs=1", "train.batch_size=256", "train.base_lr=1e-3",
@@ -68,14 +80,18 @@ def main() -> None:
                                f"run.dir={pretrain_run}"])
     common = [f"checkpoint={pretrain_run}", f"data.train={train}", f"data.test={test}", "data.num_workers=2"]
     results: dict[str, dict] = {}
+    protocols = args.protocols.split(",")
     for protocol in ("knn", "linear", "attentive"):
-        for encoder in ("pretrained", "random") if protocol == "attentive" else ("pretrained", "random", "pixels"):
+        if protocol not in protocols:
+            continue
+        baselines = ("random",) if protocol == "attentive" else ("random", "pixels")
+        for encoder in ("pretrained", *baselines) if args.baselines == "all" else ("pretrained",):
             name = f"{protocol}-{encoder}"
             timings[name] = run([*MIMX, "image", "eval", protocol, *common, f"encoder={encoder}", "pool=mean",
                                  f"run.dir={out / 'eval' / name}"])
             results[name] = json.loads((out / "eval" / name / f"eval-{protocol}-{encoder}.json").read_text())
-    for fraction, ft_epochs in ft.items():
-        for encoder in ("pretrained", "random"):
+    for fraction, ft_epochs in ft.items() if "finetune" in protocols else ():
+        for encoder in ("pretrained", "random") if args.baselines == "all" else ("pretrained",):
             name = f"finetune{float(fraction) * 100:g}pct-{encoder}"
             timings[name] = run([*MIMX, "image", "eval", "finetune", *common, f"encoder={encoder}",
                                  f"data.label_fraction={fraction}", "data.scale=[0.6,1.0]",

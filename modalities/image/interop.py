@@ -1,4 +1,5 @@
-"""Interop: load transformers' ViTMAE into mimx; export the mimx encoder to a plain timm ViT."""
+"""Interop: load transformers' ViTMAE (MAE) and ViTForMaskedImageModeling (SimMIM) into mimx; export the mimx
+encoder to a plain timm ViT."""
 
 from __future__ import annotations
 
@@ -14,23 +15,43 @@ from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from mimx.pos_embed import sincos_grid
 
 
-def _config_from_hf(hf: Any) -> ImageMAEConfig:
-    check_hf_blocks(hf, "ViTMAE")
-    for name, width, inner in (("encoder", hf.hidden_size, hf.intermediate_size),
-                               ("decoder", hf.decoder_hidden_size, hf.decoder_intermediate_size)):
-        if int(width * (inner / width)) != inner:
-            raise UserError(f"ViTMAE {name} MLP size {inner} cannot be expressed as width {width} x mlp_ratio")
+def _mlp_ratio(name: str, width: int, inner: int) -> float:
+    if int(width * (inner / width)) != inner:
+        raise UserError(f"{name} MLP size {inner} cannot be expressed as width {width} x mlp_ratio")
+    return inner / width
+
+
+def _encoder_fields(hf: Any, name: str) -> dict[str, Any]:
+    """ImageMAEConfig fields of a transformers ViT-family encoder config."""
+    check_hf_blocks(hf, name)
     image = hf.image_size if isinstance(hf.image_size, int) else list(hf.image_size)
     patch = hf.patch_size if isinstance(hf.patch_size, int) else hf.patch_size[0]
+    return dict(img_size=image, patch_size=patch, in_chans=hf.num_channels, embed_dim=hf.hidden_size,
+                depth=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
+                mlp_ratio=_mlp_ratio(f"{name} encoder", hf.hidden_size, hf.intermediate_size),
+                qkv_bias=hf.qkv_bias, norm_eps=hf.layer_norm_eps, name="from_transformers")
+
+
+def _mae_config(hf: Any) -> ImageMAEConfig:
     return ImageMAEConfig(
-        img_size=image, patch_size=patch, in_chans=hf.num_channels,
-        embed_dim=hf.hidden_size, depth=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
-        mlp_ratio=hf.intermediate_size / hf.hidden_size, qkv_bias=hf.qkv_bias, norm_eps=hf.layer_norm_eps,
+        **_encoder_fields(hf, "ViTMAE"),
         decoder_dim=hf.decoder_hidden_size, decoder_depth=hf.decoder_num_hidden_layers,
         decoder_heads=hf.decoder_num_attention_heads,
-        decoder_mlp_ratio=hf.decoder_intermediate_size / hf.decoder_hidden_size,
+        decoder_mlp_ratio=_mlp_ratio("ViTMAE decoder", hf.decoder_hidden_size, hf.decoder_intermediate_size),
         norm_pix=hf.norm_pix_loss, loss="mse", masking={"kind": "random", "ratio": hf.mask_ratio},
-        name="from_transformers",
+    )
+
+
+def _simmim_config(hf: Any) -> ImageMAEConfig:
+    fields = _encoder_fields(hf, "ViTForMaskedImageModeling")
+    if hf.encoder_stride != fields["patch_size"]:
+        raise UserError(f"ViTForMaskedImageModeling has encoder_stride={hf.encoder_stride} but patch_size="
+                        f"{fields['patch_size']}; mimx predicts one patch per token (they must be equal)")
+    grid = fields["img_size"] // fields["patch_size"] if isinstance(fields["img_size"], int) else 0
+    cell = max(1, 32 // fields["patch_size"])  # SimMIM's 32-px mask cells, where the grid allows
+    return ImageMAEConfig(
+        **fields, decoder_depth=0, encoder_mode="mask_token", target="pixels", norm_pix=False, loss="l1",
+        masking={"kind": "coarse", "ratio": 0.6, "cell": cell if grid % cell == 0 else 1},
     )
 
 
@@ -47,41 +68,60 @@ def _check_table(name: str, table: torch.Tensor, grid: tuple[int, int]) -> None:
                         "mimx computes positions and cannot hold learned ones for this model")
 
 
-def from_transformers(model: Any) -> ImageMAE:
-    """A mimx :class:`ImageMAE` with the config and weights of a transformers ``ViTMAEForPreTraining``.
+def _load_hf(path: str) -> Any:
+    from transformers import AutoConfig, ViTForMaskedImageModeling, ViTMAEForPreTraining
 
-    ``model`` is the model object or a local folder saved with ``save_pretrained``.
-    With the same ``noise`` both give the same loss and predictions.
+    architectures = AutoConfig.from_pretrained(path, local_files_only=True).architectures or []
+    cls = ViTForMaskedImageModeling if "ViTForMaskedImageModeling" in architectures else ViTMAEForPreTraining
+    return cls.from_pretrained(path, local_files_only=True)
+
+
+def from_transformers(model: Any) -> ImageMAE:
+    """A mimx :class:`ImageMAE` with the config and weights of a transformers model.
+
+    ``model`` is a ``ViTMAEForPreTraining`` (MAE; with the same ``noise`` both
+    give the same loss and predictions) or a ``ViTForMaskedImageModeling``
+    (SimMIM: mask tokens in the encoder, a 1x1 convolution + pixel shuffle as
+    the head, L1 on hidden pixels; with the same mask, the same loss and
+    reconstruction), as an object or a local folder saved with ``save_pretrained``.
+    Positions must be the fixed sin-cos table: mimx computes them.
     """
     if isinstance(model, str):
-        from transformers import ViTMAEForPreTraining
-
-        model = ViTMAEForPreTraining.from_pretrained(model, local_files_only=True)
-    config = _config_from_hf(model.config)
+        model = _load_hf(model)
+    simmim = type(model).__name__ == "ViTForMaskedImageModeling"
+    config = _simmim_config(model.config) if simmim else _mae_config(model.config)
     mae = ImageMAE(config)
     hf = normalise_hf_keys({k: v.detach() for k, v in model.state_dict().items()})
     h, w = config.image_hw
     grid = (h // config.patch_size, w // config.patch_size)
     _check_table("vit.embeddings.position_embeddings", hf.pop("vit.embeddings.position_embeddings"), grid)
-    _check_table("decoder.decoder_pos_embed", hf.pop("decoder.decoder_pos_embed"), grid)
-
     state: dict[str, torch.Tensor] = {
         "encoder.cls_token": hf.pop("vit.embeddings.cls_token"),
         "tokenizer.proj.weight": hf.pop("vit.embeddings.patch_embeddings.projection.weight"),
         "tokenizer.proj.bias": hf.pop("vit.embeddings.patch_embeddings.projection.bias"),
         "encoder.norm.weight": hf.pop("vit.layernorm.weight"),
         "encoder.norm.bias": hf.pop("vit.layernorm.bias"),
-        "decoder.mask_token": hf.pop("decoder.mask_token"),
-        "decoder.embed.weight": hf.pop("decoder.decoder_embed.weight"),
-        "decoder.embed.bias": hf.pop("decoder.decoder_embed.bias"),
-        "decoder.norm.weight": hf.pop("decoder.decoder_norm.weight"),
-        "decoder.norm.bias": hf.pop("decoder.decoder_norm.bias"),
-        "decoder.head.weight": hf.pop("decoder.decoder_pred.weight"),
-        "decoder.head.bias": hf.pop("decoder.decoder_pred.bias"),
+        **pop_hf_blocks(hf, "vit.layers", "encoder.blocks", config.depth),
     }
-    for src, dst, depth in (("vit.layers", "encoder.blocks", config.depth),
-                            ("decoder.decoder_layers", "decoder.blocks", config.decoder_depth)):
-        state.update(pop_hf_blocks(hf, src, dst, depth))
+    if simmim:
+        state["encoder.mask_token"] = hf.pop("vit.embeddings.mask_token")
+        # pixel shuffle reads output channel c * p^2 + i * p + j; a mimx token's values are ordered (i, j, c)
+        p, c = config.patch_size, config.in_chans
+        weight = hf.pop("decoder.0.weight").view(c, p, p, -1).permute(1, 2, 0, 3).reshape(p * p * c, -1)
+        state["decoder.head.weight"] = weight
+        state["decoder.head.bias"] = hf.pop("decoder.0.bias").view(c, p, p).permute(1, 2, 0).reshape(-1)
+    else:
+        _check_table("decoder.decoder_pos_embed", hf.pop("decoder.decoder_pos_embed"), grid)
+        state.update({
+            "decoder.mask_token": hf.pop("decoder.mask_token"),
+            "decoder.embed.weight": hf.pop("decoder.decoder_embed.weight"),
+            "decoder.embed.bias": hf.pop("decoder.decoder_embed.bias"),
+            "decoder.norm.weight": hf.pop("decoder.decoder_norm.weight"),
+            "decoder.norm.bias": hf.pop("decoder.decoder_norm.bias"),
+            "decoder.head.weight": hf.pop("decoder.decoder_pred.weight"),
+            "decoder.head.bias": hf.pop("decoder.decoder_pred.bias"),
+            **pop_hf_blocks(hf, "decoder.decoder_layers", "decoder.blocks", config.decoder_depth),
+        })
     if hf:
         raise UserError(f"transformers model has weights mimx does not know: {', '.join(sorted(hf)[:8])}")
     mae.load_state_dict(state, strict=True)

@@ -1,4 +1,4 @@
-"""Image MAE: ViT presets on 2-D patch tokens."""
+"""Image masked autoencoders on 2-D patch tokens: MAE, SimMIM and MaskFeat with ViT presets."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from mimx.autoencoder import MaskedAutoencoder, PixelTarget
+from mimx.autoencoder import MaskedAutoencoder
 from mimx.config import UserError, from_mapping
 from mimx.masking import build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import SinCosGridPosition
+from mimx.targets import HOGTarget, PixelTarget
 from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
 PRESETS = VIT_PRESETS
@@ -39,7 +40,10 @@ class ImageMAEConfig:
     decoder_mlp_ratio: float = 4.0
     norm_pix: bool = True
     loss: str = "mse"
-    encoder_mode: str = "drop"  # "drop" (MAE) or "mask_token" (SimMIM-style)
+    encoder_mode: str = "drop"  # "drop" (MAE) or "mask_token" (SimMIM, MaskFeat)
+    target: str = "pixels"  # "pixels" (MAE, SimMIM) or "hog" (MaskFeat)
+    hog_cell: int = 8
+    hog_bins: int = 9
     masking: dict[str, Any] = field(default_factory=lambda: {"kind": "random", "ratio": 0.75})
     name: str = "custom"
 
@@ -52,11 +56,33 @@ class ImageMAEConfig:
         """The fields that fix parameter shapes (compared when a checkpoint is loaded)."""
         keys = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
                 "decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio", "encoder_mode")
+        if self.target != "pixels":  # runs from before HOG targets existed record no target
+            keys += ("target", "hog_cell", "hog_bins")
         return {k: getattr(self, k) for k in keys}
+
+    def build_target(self) -> PixelTarget | HOGTarget:
+        """The per-token target this config trains on (checked for consistency)."""
+        p = self.patch_size
+        if self.target == "pixels":
+            return PixelTarget((p, p), norm_pix=self.norm_pix)
+        if self.target != "hog":
+            raise UserError(f"model.target must be 'pixels' or 'hog', got {self.target!r}")
+        if self.norm_pix:
+            raise UserError("model.norm_pix normalises pixel targets; with model.target=hog set "
+                            "model.norm_pix=false (or use method=maskfeat)")
+        if p % self.hog_cell:
+            raise UserError(f"model.hog_cell={self.hog_cell} must divide model.patch_size={p} "
+                            f"(e.g. model.hog_cell={p // 2 if p % 2 == 0 else p})")
+        return HOGTarget((p, p), cell=self.hog_cell, bins=self.hog_bins)
 
 
 class ImageMAE(MaskedAutoencoder):
-    """Masked autoencoder on image patches; works for any image size divisible by the patch."""
+    """Masked autoencoder on image patches; works for any image size divisible by the patch.
+
+    The config picks the method: MAE (encoder on visible patches, transformer
+    decoder, norm-pix pixels), SimMIM (mask tokens in the encoder, linear head,
+    L1 on pixels) or MaskFeat (mask tokens, linear head, HOG target).
+    """
 
     def __init__(self, config: ImageMAEConfig) -> None:
         c = config
@@ -68,11 +94,13 @@ class ImageMAE(MaskedAutoencoder):
         if c.encoder_mode not in ("drop", "mask_token"):
             raise UserError(f"model.encoder_mode must be 'drop' or 'mask_token', got {c.encoder_mode!r}")
         masking = build_masking(**c.masking)
+        target = c.build_target()
+        out_dim = target.width(c.in_chans) if isinstance(target, HOGTarget) else p * p * c.in_chans
         encoder = MaskedEncoder(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, drop_path=c.drop_path,
                                 mask_token=c.encoder_mode == "mask_token")
         decoder = MaskedDecoder(c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads,
-                                p * p * c.in_chans, mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
+                                out_dim, mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, fill_hidden=c.encoder_mode == "drop")
         dec_pos = SinCosGridPosition(c.decoder_dim) if c.decoder_depth else None
         super().__init__(
@@ -82,7 +110,7 @@ class ImageMAE(MaskedAutoencoder):
             encoder_pos=SinCosGridPosition(c.embed_dim),
             decoder_pos=dec_pos,
             masking=masking,
-            target=PixelTarget((p, p), norm_pix=c.norm_pix),
+            target=target,
             loss=c.loss,
         )
         self.config = c

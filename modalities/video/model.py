@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from mimx.autoencoder import MaskedAutoencoder, PixelTarget
+from mimx.autoencoder import MaskedAutoencoder
 from mimx.config import UserError, from_mapping
 from mimx.masking import RunningCellDecoding, build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import build_position
+from mimx.targets import PixelTarget
 from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

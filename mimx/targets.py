@@ -1,0 +1,162 @@
+"""What a masked autoencoder predicts per token: pixels (MAE, SimMIM, VideoMAE) or HOG features (MaskFeat)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from mimx.patches import denormalize_patches, normalize_patches, patchify
+
+
+class PixelTarget:
+    """Patchified pixels, optionally normalised per token (MAE's norm-pix target).
+
+    ``per_channel``: normalise each channel of a token on its own (VideoMAE);
+    ``eps_outside``: divide by ``std + eps`` rather than ``sqrt(var + eps)``;
+    ``mean``/``std``: undo the input normalisation first, so targets are pixels
+    in [0, 1] (VideoMAE computes its targets that way).
+    """
+
+    def __init__(self, patch: tuple[int, ...], norm_pix: bool = True, per_channel: int | None = None,
+                 eps: float = 1e-6, eps_outside: bool = False, mean: list[float] | None = None,
+                 std: list[float] | None = None) -> None:
+        self.patch = tuple(patch)
+        self.norm_pix = norm_pix
+        self.per_channel = per_channel
+        self.eps = eps
+        self.eps_outside = eps_outside
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The input with its normalisation undone (when mean/std are set)."""
+        x = x.float()
+        if self.mean is None or self.std is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.std.to(x.device).view(shape) + self.mean.to(x.device).view(shape)
+
+    def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
+        target = patchify(self.pixels(x), self.patch)
+        if self.norm_pix:
+            target = normalize_patches(target, self.per_channel, self.eps, self.eps_outside)
+        return target
+
+    def denormalize(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Predicted patches back in the pixel space of :meth:`pixels`, using ``x``'s patch statistics."""
+        reference = patchify(self.pixels(x), self.patch)
+        if not self.norm_pix:
+            return pred.float()
+        return denormalize_patches(pred.float(), reference, self.per_channel, self.eps, self.eps_outside)
+
+    def __repr__(self) -> str:
+        return f"PixelTarget(patch={self.patch}, norm_pix={self.norm_pix})"
+
+
+_SOBEL = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
+
+
+def gaussian_window(size: int, std: float) -> torch.Tensor:
+    """``[size, size]`` Gaussian weights summing to one, centred on the window."""
+    n = torch.arange(size, dtype=torch.float32)
+    w = torch.exp(-0.5 * ((n - n.mean()) / std) ** 2)
+    window = w[:, None] * w[None, :]
+    return window / window.sum()
+
+
+@torch.no_grad()
+def hog_cells(x: torch.Tensor, cell: int = 8, bins: int = 9, window: int | None = None) -> torch.Tensor:
+    """Histograms of oriented gradients per channel and cell: ``[B, C, H, W] -> [B, C, bins, H/cell, W/cell]``.
+
+    As MaskFeat: Sobel gradients on the reflect-padded input, unsigned
+    orientation in ``bins`` equal bins over 180 degrees, votes weighted by the
+    gradient magnitude (times a Gaussian of side ``window`` and std
+    ``window / 2`` tiled over the image, when given), summed per cell and
+    L2-normalised per channel and cell.
+    """
+    b, c, h, w = x.shape
+    if h % cell or w % cell:
+        raise ValueError(f"image {h}x{w} is not divisible by the HOG cell {cell}")
+    sobel = torch.tensor(_SOBEL, device=x.device)
+    kernels = torch.stack([sobel, sobel.t()]).unsqueeze(1)
+    planes = F.pad(x.float().reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="reflect")
+    gx, gy = F.conv2d(planes, kernels).unbind(1)
+    magnitude = torch.hypot(gx, gy)
+    if window:
+        if h % window or w % window:
+            raise ValueError(f"image {h}x{w} is not divisible by the HOG window {window}")
+        magnitude = magnitude * gaussian_window(window, window / 2).to(x.device).repeat(h // window, w // window)
+    # orientation as MaskFeat measures it (atan2(gx, gy)), folded onto [0, 180) degrees
+    index = torch.floor(torch.atan2(gx, gy) / math.pi * bins).long().remainder(bins)
+    hc, wc = h // cell, w // cell
+    cell_of = (torch.arange(h, device=x.device) // cell)[:, None] * wc + torch.arange(w, device=x.device) // cell
+    slot = index * (hc * wc) + cell_of  # one histogram slot per (bin, cell)
+    hist = magnitude.new_zeros(b * c, bins * hc * wc).scatter_add_(1, slot.flatten(1), magnitude.flatten(1))
+    return F.normalize(hist.view(b, c, bins, hc, wc), dim=2)
+
+
+class HOGTarget:
+    """MaskFeat's target: the HOG of each patch, ``C * bins * (patch / cell)^2`` values per token.
+
+    Per-channel affine input normalisation does not change it (gradients
+    scale, histograms are L2-normalised), so it reads the model's input as is.
+    Values of a token are ordered ``(channel, bin, cell row, cell column)``.
+    """
+
+    def __init__(self, patch: tuple[int, int], cell: int = 8, bins: int = 9, gaussian: bool = True) -> None:
+        self.patch = tuple(int(p) for p in patch)
+        if len(self.patch) != 2 or any(p % cell for p in self.patch):
+            raise ValueError(f"HOG targets need 2-D patches divisible by the cell {cell}, got {self.patch}")
+        self.cell = cell
+        self.bins = bins
+        self.window = self.patch[0] if gaussian and self.patch[0] == self.patch[1] else None
+        if gaussian and self.window is None:
+            raise ValueError("the HOG Gaussian window needs square patches")
+
+    def width(self, channels: int) -> int:
+        """Values per token for ``channels`` input channels."""
+        return channels * self.bins * (self.patch[0] // self.cell) * (self.patch[1] // self.cell)
+
+    def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
+        hist = hog_cells(x, self.cell, self.bins, self.window)
+        b, c, bins, hc, wc = hist.shape
+        kh, kw = self.patch[0] // self.cell, self.patch[1] // self.cell
+        hist = hist.view(b, c, bins, hc // kh, kh, wc // kw, kw).permute(0, 3, 5, 1, 2, 4, 6)
+        return hist.reshape(b, (hc // kh) * (wc // kw), c * bins * kh * kw)
+
+    def render(self, tokens: torch.Tensor, grid: tuple[int, int], channels: int,
+               reference: torch.Tensor | None = None, zoom: int = 1) -> torch.Tensor:
+        """HOG tokens ``[B, L, P]`` as glyph images ``[B, 1, zoom * H, zoom * W]`` in [0, 1]: per cell, one
+        line per bin along the edge direction it votes for, as bright as the bin's value (mean over channels).
+
+        Brightness is relative to the brightest pixel of ``reference``'s glyphs (default: ``tokens``'
+        own), so a prediction drawn against its target shares the target's scale.
+        """
+        image = self._glyphs(tokens, grid, channels, zoom)
+        ref = image if reference is None else self._glyphs(reference, grid, channels, zoom)
+        scale = ref.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+        return (image / scale).clamp(0, 1)
+
+    def _glyphs(self, tokens: torch.Tensor, grid: tuple[int, int], channels: int, zoom: int) -> torch.Tensor:
+        kh, kw = self.patch[0] // self.cell, self.patch[1] // self.cell
+        b = tokens.shape[0]
+        hist = tokens.float().clamp_min(0).view(b, grid[0], grid[1], channels, self.bins, kh, kw).mean(3)
+        image = torch.einsum("bhwnij,nuv->bhiuwjv", hist, self._stamps(self.cell * zoom, tokens.device))
+        return image.reshape(b, 1, grid[0] * self.patch[0] * zoom, grid[1] * self.patch[1] * zoom)
+
+    def _stamps(self, s: int, device: torch.device) -> torch.Tensor:
+        """``[bins, s, s]``: an anti-aliased line through the cell centre per bin, across its gradients."""
+        centre = torch.arange(s, dtype=torch.float32, device=device) - (s - 1) / 2
+        v, u = torch.meshgrid(centre, centre, indexing="ij")  # v rows (down), u columns (right)
+        theta = (torch.arange(self.bins, dtype=torch.float32, device=device) + 0.5) * math.pi / self.bins
+        # a bin's gradients point along (sin, cos) in (column, row); its edges run across them
+        du, dv = theta.cos().view(-1, 1, 1), -theta.sin().view(-1, 1, 1)
+        across = (u * dv - v * du).abs()
+        along = (u * du + v * dv).abs()
+        return (1 - across).clamp_min(0) * (along <= s / 2)
+
+    def __repr__(self) -> str:
+        return f"HOGTarget(patch={self.patch}, cell={self.cell}, bins={self.bins}, window={self.window})"
