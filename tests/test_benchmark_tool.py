@@ -1,4 +1,4 @@
-"""tools/benchmark.py's paired step measurement: both sides build, compute the same loss, and get timed."""
+"""tools/benchmark.py: the paired step measurement (both sides build, compute the same loss, get timed), the HOG op."""
 
 import json
 import subprocess
@@ -32,3 +32,10 @@ def test_paired_command_reports_every_mimx_configuration_against_every_peer():
     assert "mimx:fp32 / transformers-eager:fp32: " in out and "mimx:bf16 / transformers-eager:fp32: " in out
     bad = subprocess.run([*cmd, "--pair", "mimx:fp32:eager"], capture_output=True, text=True)
     assert bad.returncode != 0 and "impl:precision:compiled" in bad.stderr
+
+
+def test_hog_command_matches_the_reference_formulation():
+    out = subprocess.run([sys.executable, str(TOOL), "hog", "--batch", "2", "--image", "32", "--repeats", "1",
+                          "--threads", "1", "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("mimx / reference formulation: "))
+    assert float(line.split("differ by at most ")[1].split(" ")[0]) < 1e-5, line
