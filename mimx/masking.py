@@ -36,8 +36,9 @@ class Mask:
     def num_visible(self) -> int:
         return self.ids_keep.shape[1]
 
-    def to(self, device: torch.device | str) -> Mask:
-        return Mask(self.mask.to(device), self.ids_keep.to(device), self.ids_restore.to(device))
+    def to(self, device: torch.device | str | None) -> Mask:
+        """The mask on ``device``; from the host to a GPU through pinned memory, without waiting for the GPU."""
+        return Mask(*(to_device(t, device) for t in (self.mask, self.ids_keep, self.ids_restore)))
 
     @staticmethod
     def from_bool(mask: torch.Tensor, num_visible: int | None = None) -> Mask:
@@ -61,6 +62,16 @@ class Mask:
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         return Mask(mask, ids_shuffle[:, :num_visible], ids_restore)
+
+
+def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """``t`` on ``device`` (``None``: where it is); host-to-GPU copies go through pinned memory, asynchronously."""
+    if device is None:
+        return t
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def check_ratio(ratio: float, name: str = "mask ratio") -> float:
@@ -95,7 +106,7 @@ def random_mask(
     elif noise.shape != (batch, num_tokens):
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(batch, num_tokens)}")
     if device is not None:
-        noise = noise.to(device)
+        noise = to_device(noise, device)
     keep = num_visible(num_tokens, ratio)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
@@ -143,7 +154,7 @@ def coarse_mask(
     rank = torch.argsort(torch.argsort(noise, dim=1), dim=1)
     coarse = (rank < hidden).view(batch, gh, gw)
     fine = coarse.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2).reshape(batch, h * w)
-    return Mask.from_bool(fine if device is None else fine.to(device), num_visible=(cells - hidden) * cell * cell)
+    return Mask.from_bool(to_device(fine, device), num_visible=(cells - hidden) * cell * cell)
 
 
 def block_mask_numpy(
@@ -317,8 +328,8 @@ def decode_subset(
     device = mask.mask.device
     if noise is None:
         noise = torch.rand(batch, length, generator=generator, device=device)
-    pattern = running_cell_pattern(grid, ratio, cell).to(device)
-    score = pattern.to(noise.dtype).unsqueeze(0) + 0.5 * noise.to(device)
+    pattern = to_device(running_cell_pattern(grid, ratio, cell), device)
+    score = pattern.to(noise.dtype).unsqueeze(0) + 0.5 * to_device(noise, device)
     score = score.masked_fill(~mask.mask, -1.0)
     ids = score.topk(count, dim=1).indices
     return ids.sort(dim=1).values
@@ -356,7 +367,7 @@ def sample_dirichlet(batch: int, alpha: float | Sequence[float], groups: int, *,
     draws = draws.clamp_min(1e-12)
     if present is not None:
         draws = draws * present.to(draws.device, torch.float32)
-    return (draws / draws.sum(1, keepdim=True).clamp_min(1e-12)).to(device)
+    return to_device(draws / draws.sum(1, keepdim=True).clamp_min(1e-12), device)
 
 
 def split_budget(weights: torch.Tensor, lengths: Sequence[int] | torch.Tensor, total: int) -> torch.Tensor:
@@ -404,7 +415,7 @@ def group_budget_mask(lengths: Sequence[int], counts: torch.Tensor, *, noise: to
     if noise is None:
         noise = torch.rand(batch, total_len, generator=generator,
                            device=generator.device if generator is not None else device)
-    noise, counts = noise.to(device), counts.to(device)
+    noise, counts = to_device(noise, device), to_device(counts, device)
     keep = torch.zeros(batch, total_len, dtype=torch.bool, device=device)
     start = 0
     for m, length in enumerate(lengths):

@@ -46,15 +46,17 @@ def test_cli_pretrain_loss_falls_and_leaves_a_run_folder(samples, tmp_path):
     assert set(load_file(out / "encoder.safetensors")) >= {"cls_token", "pos_embed", "patch_embed.proj.weight"}
 
 
-@pytest.mark.parametrize("precision", ["auto", "bf16-pure"])
-def test_resume_gives_identical_weights(samples, tmp_path, precision):
+@pytest.mark.parametrize("mode", [["train.precision=auto"], ["train.precision=bf16-pure"],
+                                  ["masking=block", "masking.min_block=2", "masking.ratio=0.5"]],
+                         ids=["auto", "bf16-pure", "block-masks"])
+def test_resume_gives_identical_weights(samples, tmp_path, mode):
+    # block masks come from the host generator: its state is checkpointed like the device ones
     full, split = tmp_path / "full", tmp_path / "split"
-    mode = f"train.precision={precision}"
-    run(tiny_overrides(full, samples, "train.steps=12", mode))
-    first = run(tiny_overrides(split, samples, "train.steps=12", "train.stop_at_step=5", mode))
+    run(tiny_overrides(full, samples, "train.steps=12", *mode))
+    first = run(tiny_overrides(split, samples, "train.steps=12", "train.stop_at_step=5", *mode))
     assert first.step == 5 and first.stopped_early
     assert not (split / "model.safetensors").exists()
-    second = run(tiny_overrides(split, samples, "train.steps=12", mode))
+    second = run(tiny_overrides(split, samples, "train.steps=12", *mode))
     assert second.step == 12
     a, b = load_file(full / "model.safetensors"), load_file(split / "model.safetensors")
     assert a.keys() == b.keys()

@@ -107,9 +107,13 @@ class StepContext:
     rank: int
     world: int
     device: torch.device
-    shared: torch.Generator  # same seed and state on every rank
-    local: torch.Generator  # seeded per rank
+    shared: torch.Generator  # on the device; same seed and state on every rank
+    local: torch.Generator  # on the device; seeded per rank
     dtype: torch.dtype = torch.float32  # dtype of the model's inputs (bf16 under bf16-pure)
+    # CPU generators for draws made on the host (block masks, Dirichlet budgets): reading a seed
+    # from a device generator would wait for the GPU every step
+    host_shared: torch.Generator = field(default_factory=torch.Generator)
+    host_local: torch.Generator = field(default_factory=torch.Generator)
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # loss terms to log as ``loss_<name>``
 
     def global_noise(self, batch: int, length: int) -> torch.Tensor:
@@ -169,6 +173,8 @@ class Trainer:
                                      self.device)
         self.shared = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.local = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 17 + dist.rank)
+        self.host_shared = torch.Generator().manual_seed(cfg.seed * 1000 + 29)
+        self.host_local = torch.Generator().manual_seed(cfg.seed * 1000 + 31 + dist.rank)
         self.step = 0
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self._stop_requested = False
@@ -211,6 +217,9 @@ class Trainer:
             ckpt.set_rng_state(mine["rng"])
             self.shared.set_state(mine["shared"].to(self.shared.get_state().device))
             self.local.set_state(mine["local"])
+            if "host_local" in mine:  # checkpoints from before the host generators keep their seeds
+                self.host_shared.set_state(mine["host_shared"])
+                self.host_local.set_state(mine["host_local"])
             if hasattr(self.loader, "load_state_dict"):
                 self.loader.load_state_dict(mine["data"])
         else:
@@ -225,6 +234,7 @@ class Trainer:
     def save(self, path: Path | None = None) -> Path:
         """Write a full training checkpoint (collective: every rank must call it)."""
         mine = {"rng": ckpt.rng_state(), "shared": self.shared.get_state(), "local": self.local.get_state(),
+                "host_shared": self.host_shared.get_state(), "host_local": self.host_local.get_state(),
                 "data": self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}}
         ranks = gather_objects(mine)
         path = path or self.ckpt_path
@@ -300,7 +310,8 @@ class Trainer:
                 for micro in range(cfg.accum_steps):
                     batch = next(data)
                     ctx = StepContext(self.step, self.dist.rank, self.dist.world, self.device,
-                                      self.shared, self.local, self.precision.input_dtype)
+                                      self.shared, self.local, self.precision.input_dtype,
+                                      host_shared=self.host_shared, host_local=self.host_local)
                     # bf16-pure moves gradients to fp32 after every backward, so it reduces every micro-step
                     sync = micro == cfg.accum_steps - 1 or not self.dist.enabled or self.precision.pure
                     no_sync = getattr(self.wrapped, "no_sync", None)

@@ -56,7 +56,9 @@ class ImagePretrainTask:
         self.config = config
         self.data = data
         self.normalizer = Normalizer(data.mean, data.std)
-        self.random_masking = config.masking.get("kind", "random") == "random"
+        kind = config.masking.get("kind", "random")
+        self.random_masking = kind == "random"
+        self.host_masking = kind == "block"  # BEiT blocks are drawn on the host, from a host generator
         self.figure_images = figure_images
         self.figure_seed = figure_seed
 
@@ -70,7 +72,7 @@ class ImagePretrainTask:
             p = self.config.patch_size
             tokens = (x.shape[-2] // p) * (x.shape[-1] // p)
             return model(x, noise=ctx.global_noise(x.shape[0], tokens)).loss
-        return model(x, generator=ctx.local).loss
+        return model(x, generator=ctx.host_local if self.host_masking else ctx.local).loss
 
     def figure(self, model: ImageMAE, path: Path) -> None:
         if self.figure_images is None:

@@ -55,11 +55,12 @@ class MultiPretrainTask:
         # global-batch draws sliced per rank: the masks do not depend on the process count
         names = list(core.specs)
         in_present = present[:, [names.index(n) for n in core.inputs]]
-        weights = sample_dirichlet(ctx.world * b, self.config.alpha, groups, generator=ctx.shared)
+        weights = sample_dirichlet(ctx.world * b, self.config.alpha, groups, generator=ctx.host_shared)
         weights = weights[ctx.rank * b:(ctx.rank + 1) * b] * in_present.float()
         weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+        # the model's generator only draws on the host (which inputs to drop); the token noise is the device's
         out = model(maps, present=present, noise=ctx.global_noise(b, lengths), weights=weights,
-                    generator=ctx.local)
+                    generator=ctx.host_local)
         ctx.parts.update(out.losses)  # logged per task: loss_rgb, loss_depth, loss_semseg
         return out.loss
 
