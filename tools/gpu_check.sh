@@ -5,8 +5,9 @@
 # Installs mimx and the carried wheels into /tmp/site (the machine's image holds torch, timm, transformers),
 # then runs, each under its own time limit (550 s in all; about 350 s when all goes well) and logged to $OUT:
 # the CUDA tests, the matmul peak, the train steps of mimx against transformers (ViT-B and ViT-L MAE,
-# VideoMAE-B) in bf16 with throughput and share of the measured peak, then the Point-MAE ops and step and the
-# MultiMAE step. Each benchmark configuration starts its own process (tens of seconds of start-up each there).
+# VideoMAE-B) in bf16 with throughput and share of the measured peak, then the Point-MAE ops and step, the
+# MultiMAE step and MaskFeat's HOG target. Each benchmark configuration starts its own process (tens of seconds
+# of start-up each there).
 # QUICK=1 DEVICE=cpu: a dry run. COMPILED=1: instead, only ViT-B MAE eager against torch.compile with CUDA graphs
 # (mode reduce-overhead) for both mimx and transformers, paired in one process (a second call, about 200 s).
 set -u
@@ -53,3 +54,4 @@ step video_b 130 step --modality video --model base --batch 8 --steps 10 --warmu
 step point_ops 40 point-ops
 step point_step 40 point-step --precisions bf16
 step multimodal 40 multimodal-step --model base --image 224 --patch 16 --batch 64 --precisions bf16
+step hog 30 hog --batch 64
