@@ -264,6 +264,8 @@ class TubeMasking:
 class BlockMasking:
     """BEiT block-wise masking on a 2-D ``(h, w)`` grid, exact hidden count."""
 
+    on_host = True  # drawn with numpy: give it a CPU generator (a device one is read back every call)
+
     def __init__(self, ratio: float = 0.4, min_block: int = 16, min_aspect: float = 0.3) -> None:
         self.ratio = check_ratio(ratio)
         self.min_block = min_block

@@ -31,6 +31,10 @@ class PixelTarget:
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
 
+    def width(self, channels: int) -> int:
+        """Values per token for ``channels`` input channels."""
+        return math.prod(self.patch) * channels
+
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The input with its normalisation undone (when mean/std are set)."""
         x = x.float()

@@ -95,12 +95,11 @@ class ImageMAE(MaskedAutoencoder):
             raise UserError(f"model.encoder_mode must be 'drop' or 'mask_token', got {c.encoder_mode!r}")
         masking = build_masking(**c.masking)
         target = c.build_target()
-        out_dim = target.width(c.in_chans) if isinstance(target, HOGTarget) else p * p * c.in_chans
         encoder = MaskedEncoder(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, drop_path=c.drop_path,
                                 mask_token=c.encoder_mode == "mask_token")
         decoder = MaskedDecoder(c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads,
-                                out_dim, mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
+                                target.width(c.in_chans), mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, fill_hidden=c.encoder_mode == "drop")
         dec_pos = SinCosGridPosition(c.decoder_dim) if c.decoder_depth else None
         super().__init__(

@@ -16,6 +16,7 @@ from webdataset.tariterators import tarfile_samples
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.shards import dataset_size, expand_shards
 from mimx.data.stream import ShardStream
+from mimx.masking import MASKINGS
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config
@@ -58,7 +59,7 @@ class ImagePretrainTask:
         self.normalizer = Normalizer(data.mean, data.std)
         kind = config.masking.get("kind", "random")
         self.random_masking = kind == "random"
-        self.host_masking = kind == "block"  # BEiT blocks are drawn on the host, from a host generator
+        self.host_masking = getattr(MASKINGS.get(kind), "on_host", False)
         self.figure_images = figure_images
         self.figure_seed = figure_seed
 
