@@ -9,7 +9,7 @@ import torch
 from mimx.autoencoder import MAEOutput, MaskedAutoencoder
 from mimx.masking import Mask
 from mimx.patches import patchify, unpatchify
-from mimx.targets import HOGTarget, PixelTarget
+from mimx.targets import HOGTarget, PixelTarget, TokenTarget
 
 
 def hidden_pixels(mask: torch.Tensor, patch: tuple[int, ...], grid: tuple[int, ...], channels: int) -> torch.Tensor:
@@ -29,6 +29,9 @@ def reconstruction_panels(model: MaskedAutoencoder, x: torch.Tensor, mask: Mask,
 
     For a HOG target (MaskFeat) the last two panels draw the HOG glyphs of the
     original and of the prediction (hidden patches predicted, visible ones true).
+    For a token target (BEiT-style) they show the original as its codes (what
+    the model must predict) and the most likely code of each hidden patch,
+    with the visible patches pasted.
 
     Panels are in the target's pixel space (:meth:`PixelTarget.pixels`), mapped
     by ``display`` (e.g. undoing the input normalisation; default: clamp to
@@ -45,6 +48,8 @@ def reconstruction_panels(model: MaskedAutoencoder, x: torch.Tensor, mask: Mask,
         display = lambda t: t.clamp(0, 1)
     if isinstance(target, HOGTarget):
         return _feature_panels(target, x, mask, out, display, grey)
+    if isinstance(target, TokenTarget):
+        return _token_panels(target, x, mask, out, display, grey)
     if not isinstance(target, PixelTarget):
         raise TypeError(f"no reconstruction panels for a model whose target is {target!r}")
     original = target.pixels(x)
@@ -72,3 +77,17 @@ def _feature_panels(target: HOGTarget, x: torch.Tensor, mask: Mask, out: MAEOutp
     pred = torch.where(mask.mask.unsqueeze(-1), out.full_prediction().float(), out.target.float())
     glyphs = [target.render(t, grid, channels, reference=out.target, zoom=zoom) for t in (out.target, pred)]
     return torch.stack([original, masked, *(g.expand(-1, channels, -1, -1) for g in glyphs)])
+
+
+def _token_panels(target: TokenTarget, x: torch.Tensor, mask: Mask, out: MAEOutput,
+                  display: Callable[[torch.Tensor], torch.Tensor], grey: float) -> torch.Tensor:
+    """Original, masked input, the original's codes and the predicted codes on hidden patches (visible pasted)."""
+    grid = tuple(out.layout)
+    channels = x.shape[1]
+    patches = patchify(x.float(), target.patch)
+    predicted = target.decode(out.full_prediction().argmax(-1))
+    pasted = torch.where(mask.mask.unsqueeze(-1), predicted, patches)
+    original, coded, recon = (display(unpatchify(t, target.patch, grid, channels))
+                              for t in (patches, target.decode(out.target), pasted))
+    masked = original.masked_fill(hidden_pixels(mask.mask, target.patch, grid, channels), grey)
+    return torch.stack([original, masked, coded, recon])

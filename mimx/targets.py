@@ -1,4 +1,5 @@
-"""What a masked autoencoder predicts per token: pixels (MAE, SimMIM, VideoMAE) or HOG features (MaskFeat)."""
+"""What a masked autoencoder predicts per token: pixels (MAE, SimMIM, VideoMAE), HOG features (MaskFeat) or
+discrete visual tokens (BEiT-style)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from mimx.codebook import nearest_code
 from mimx.patches import denormalize_patches, normalize_patches, patchify
 
 
@@ -165,3 +168,60 @@ class HOGTarget:
 
     def __repr__(self) -> str:
         return f"HOGTarget(patch={self.patch}, cell={self.cell}, bins={self.bins}, window={self.window})"
+
+
+class TokenTarget(nn.Module):
+    """BEiT-style target: for each patch, the id of its nearest code in a fitted codebook (``[B, L]`` ids).
+
+    The codebook (``[vocab, prod(patch) * channels]``, patch vectors of the
+    model's input, see :mod:`mimx.codebook`) is a buffer, so checkpoints carry
+    it; it stays fp32 when the model is cast to bf16. A target built without
+    codes refuses to score until :meth:`load_codes` or a checkpoint fills it.
+    """
+
+    def __init__(self, patch: tuple[int, ...], vocab_size: int, channels: int) -> None:
+        super().__init__()
+        self.patch = tuple(int(p) for p in patch)
+        self.channels = channels
+        self.register_buffer("codebook", torch.zeros(vocab_size, math.prod(self.patch) * channels))
+        self.loaded = False
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook.shape[0]
+
+    def width(self, channels: int) -> int:
+        """Logits per token: one per code."""
+        return self.vocab_size
+
+    def load_codes(self, codes: torch.Tensor) -> None:
+        if tuple(codes.shape) != tuple(self.codebook.shape):
+            raise ValueError(f"codes of shape {tuple(codes.shape)} do not fit a codebook of "
+                             f"{tuple(self.codebook.shape)} (vocabulary x patch values)")
+        with torch.no_grad():
+            self.codebook.copy_(codes)
+        self.loaded = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "codebook" in state_dict:
+            self.loaded = True
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        codes = self.codebook
+        super()._apply(fn, recurse)
+        if self.codebook.dtype != torch.float32:  # a cast to bf16 would move codes and flip ids: keep fp32
+            self.codebook = codes.to(self.codebook.device)
+        return self
+
+    def forward(self, x: torch.Tensor, layout: Any = None) -> torch.Tensor:
+        if not self.loaded:
+            raise RuntimeError("this token target has no codebook: load one (model.codebook=PATH) or a checkpoint")
+        return nearest_code(patchify(x.float(), self.patch), self.codebook)[0]
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """The codes of ``ids [B, L]`` as patch vectors ``[B, L, prod(patch) * channels]``."""
+        return self.codebook[ids]
+
+    def extra_repr(self) -> str:
+        return f"patch={self.patch}, vocab_size={self.vocab_size}, channels={self.channels}"

@@ -94,8 +94,8 @@ def test_hog_settings_that_cannot_work_are_refused_with_the_fix():
         mae_vit("tiny", img_size=32, patch_size=16, target="hog")
     with pytest.raises(UserError, match=r"model.hog_cell=8 must divide model.patch_size=4 \(e.g. model.hog_cell=2"):
         mae_vit("tiny", img_size=32, patch_size=4, target="hog", norm_pix=False)
-    with pytest.raises(UserError, match="model.target must be 'pixels' or 'hog'"):
-        mae_vit("tiny", img_size=32, patch_size=16, target="tokens")
+    with pytest.raises(UserError, match="model.target must be 'pixels', 'hog' or 'tokens'"):
+        mae_vit("tiny", img_size=32, patch_size=16, target="words")
     # runs from before targets were configurable keep resuming: pixel models record no target
     assert "target" not in image_mae_config(preset="tiny").architecture()
     assert image_mae_config(preset="tiny", target="hog", norm_pix=False).architecture()["target"] == "hog"

@@ -1,11 +1,12 @@
-"""Quality benchmark on real data: MAE (or SimMIM, MaskFeat) pretraining on Fashion-MNIST, then kNN, linear and
-attentive probes and few-label fine-tuning.
+"""Quality benchmark on real data: MAE (or SimMIM, MaskFeat, BEiT-style) pretraining on Fashion-MNIST, then kNN,
+linear and attentive probes and few-label fine-tuning.
 
     python tools/quality_benchmark.py [--data data/fashion_mnist] [--out runs/fmnist_bench] [--epochs 12]
     python tools/quality_benchmark.py --quick      # MNIST 5k sample shards, a few minutes
     python tools/quality_benchmark.py --method simmim --epochs 5 --protocols knn,linear --baselines none
 
-1. Pretrains a small ViT (``--method mae|simmim|maskfeat``) on the 60,000 training images without labels.
+1. Pretrains a small ViT (``--method mae|simmim|maskfeat|beit``; beit fits its codebook first) on the 60,000
+   training images without labels.
 2. kNN and linear probe on the test set for: the MAE encoder, the same encoder
    at random init, and raw pixels; the attentive probe (patch tokens) for the
    first two.
@@ -31,7 +32,9 @@ METHOD_ARGS = {
     "mae": ["model.decoder_dim=128", "model.decoder_depth=2", "model.decoder_heads=4"],
     "simmim": ["masking.cell=1"],  # SimMIM's 32-px cells would be 8 patches: one mask cell per patch here
     "maskfeat": ["model.hog_cell=2", "masking.min_block=4"],  # 2 x 2 HOG cells per patch, as 8-px cells in 16
+    "beit": ["masking.min_block=4"],  # plus model.codebook: a codebook fitted first on the same views
 }
+CODEBOOK_SIZE = 512  # codes for 4 x 4 grey patches (BEiT's 8,192 are for 16 x 16 x 3)
 
 
 def run(cmd: list[str]) -> float:
@@ -73,8 +76,14 @@ def main() -> None:
     pretrain_run = out / "pretrain"
     model = ["model=vit_tiny", "model.img_size=28", "model.patch_size=4", "model.depth=6",
              f"method={args.method}", *METHOD_ARGS[args.method]]
-    timings["pretrain"] = run([*MIMX, "image", "pretrain", *model, "data=shards", f"data.shards={train}",
-                               "data.scale=[0.5,1.0]", "data.num_workers=2", f"train.epochs={epochs}",
+    data = ["data=shards", f"data.shards={train}", "data.scale=[0.5,1.0]", "data.num_workers=2"]
+    if args.method == "beit":  # BEiT-style targets: a codebook of the training views' patches, fitted first
+        codebook = out / "codebook.safetensors"
+        timings["codebook"] = run([*MIMX, "image", "codebook", *model, *data, f"codebook.out={codebook}",
+                                   f"codebook.vocab_size={CODEBOOK_SIZE}", "codebook.images=60000",
+                                   "codebook.patches_per_image=0"])
+        model.append(f"model.codebook={codebook}")
+    timings["pretrain"] = run([*MIMX, "image", "pretrain", *model, *data, f"train.epochs={epochs}",
                                "train.warmup_epochs=1", "train.batch_size=256", "train.base_lr=1e-3",
                                f"train.precision={args.precision}", "train.figure_every=1000", "train.log_every=50",
                                f"run.dir={pretrain_run}"])

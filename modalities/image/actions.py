@@ -3,8 +3,10 @@
 from mimx.actions import Action
 
 ACTIONS = {
-    "pretrain": Action("MAE pretraining on image shards (hydra overrides; resumes automatically)",
-                       "mimx.modalities.image.pretrain:pretrain", config="pretrain"),
+    "pretrain": Action("MAE, SimMIM, MaskFeat or BEiT-style pretraining on image shards (hydra overrides; "
+                       "resumes automatically)", "mimx.modalities.image.pretrain:pretrain", config="pretrain"),
+    "codebook": Action("fit the k-means codebook of patches that BEiT-style pretraining (method=beit) predicts",
+                       "mimx.modalities.image.codebook:fit", config="codebook"),
     "shards": Action("write an image folder (class subfolders = labels) as tar shards",
                      "mimx.modalities.image.shards:main"),
     "eval": Action("evaluate an encoder on labelled shards: knn, linear (probe) or finetune",

@@ -1,4 +1,4 @@
-"""Image masked autoencoders on 2-D patch tokens: MAE, SimMIM and MaskFeat with ViT presets."""
+"""Image masked autoencoders on 2-D patch tokens: MAE, SimMIM, MaskFeat and BEiT-style with ViT presets."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from mimx.autoencoder import MaskedAutoencoder
+from mimx.codebook import read_codebook
 from mimx.config import UserError, from_mapping
 from mimx.masking import build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import SinCosGridPosition
-from mimx.targets import HOGTarget, PixelTarget
+from mimx.targets import HOGTarget, PixelTarget, TokenTarget
 from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
 PRESETS = VIT_PRESETS
@@ -41,9 +42,11 @@ class ImageMAEConfig:
     norm_pix: bool = True
     loss: str = "mse"
     encoder_mode: str = "drop"  # "drop" (MAE) or "mask_token" (SimMIM, MaskFeat)
-    target: str = "pixels"  # "pixels" (MAE, SimMIM) or "hog" (MaskFeat)
+    target: str = "pixels"  # "pixels" (MAE, SimMIM), "hog" (MaskFeat) or "tokens" (BEiT-style)
     hog_cell: int = 8
     hog_bins: int = 9
+    vocab_size: int | None = None  # codes of the token target (taken from the codebook when unset)
+    codebook: str | None = None  # a `mimx image codebook` file: the token target's codes for a new run
     masking: dict[str, Any] = field(default_factory=lambda: {"kind": "random", "ratio": 0.75})
     name: str = "custom"
 
@@ -56,20 +59,31 @@ class ImageMAEConfig:
         """The fields that fix parameter shapes (compared when a checkpoint is loaded)."""
         keys = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
                 "decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio", "encoder_mode")
-        if self.target != "pixels":  # runs from before HOG targets existed record no target
+        if self.target == "hog":  # runs from before other targets existed record no target
             keys += ("target", "hog_cell", "hog_bins")
+        elif self.target == "tokens":
+            keys += ("target", "vocab_size")
         return {k: getattr(self, k) for k in keys}
 
-    def build_target(self) -> PixelTarget | HOGTarget:
+    def build_target(self) -> PixelTarget | HOGTarget | TokenTarget:
         """The per-token target this config trains on (checked for consistency)."""
         p = self.patch_size
+        if self.target not in ("pixels", "hog", "tokens"):
+            raise UserError(f"model.target must be 'pixels', 'hog' or 'tokens', got {self.target!r}")
+        if (self.target == "tokens") != (self.loss == "cross_entropy"):
+            raise UserError(f"model.target={self.target} cannot train with model.loss={self.loss}: token targets "
+                            "are class ids (loss cross_entropy), pixels and HOG are regressed (mse, l1, "
+                            "smooth_l1); use method=beit for tokens")
         if self.target == "pixels":
             return PixelTarget((p, p), norm_pix=self.norm_pix)
-        if self.target != "hog":
-            raise UserError(f"model.target must be 'pixels' or 'hog', got {self.target!r}")
         if self.norm_pix:
-            raise UserError("model.norm_pix normalises pixel targets; with model.target=hog set "
-                            "model.norm_pix=false (or use method=maskfeat)")
+            raise UserError(f"model.norm_pix normalises pixel targets; with model.target={self.target} set "
+                            "model.norm_pix=false (or use method=maskfeat / method=beit)")
+        if self.target == "tokens":
+            if not self.vocab_size or self.vocab_size < 2:
+                raise UserError(f"model.vocab_size={self.vocab_size}: token targets need the codebook's size; "
+                                "pass model.codebook=PATH (a `mimx image codebook` file)")
+            return TokenTarget((p, p), self.vocab_size, self.in_chans)
         if p % self.hog_cell:
             raise UserError(f"model.hog_cell={self.hog_cell} must divide model.patch_size={p} "
                             f"(e.g. model.hog_cell={p // 2 if p % 2 == 0 else p})")
@@ -81,7 +95,9 @@ class ImageMAE(MaskedAutoencoder):
 
     The config picks the method: MAE (encoder on visible patches, transformer
     decoder, norm-pix pixels), SimMIM (mask tokens in the encoder, linear head,
-    L1 on pixels) or MaskFeat (mask tokens, linear head, HOG target).
+    L1 on pixels), MaskFeat (mask tokens, linear head, HOG target) or
+    BEiT-style (mask tokens, linear head, cross-entropy on codebook ids; the
+    codes come from ``config.codebook`` or a checkpoint).
     """
 
     def __init__(self, config: ImageMAEConfig) -> None:
@@ -114,6 +130,8 @@ class ImageMAE(MaskedAutoencoder):
         )
         self.config = c
         self.reset_parameters()
+        if isinstance(target, TokenTarget) and c.codebook:
+            target.load_codes(load_image_codebook(c.codebook, c)[0])
 
     def reset_parameters(self) -> None:
         init_mae_weights(self)
@@ -131,14 +149,32 @@ class ImageMAE(MaskedAutoencoder):
         return unpatchify(tokens, (p, p), grid, self.config.in_chans)
 
 
+def load_image_codebook(path: str, config: ImageMAEConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Codes and metadata of a `mimx image codebook` file, checked against the model that will use them."""
+    codes, meta = read_codebook(path)
+    p = config.patch_size
+    if meta.get("patch") != [p, p] or meta.get("channels") != config.in_chans:
+        raise UserError(f"codebook {path} was fitted on {meta.get('patch')} patches of {meta.get('channels')} "
+                        f"channel(s), the model cuts {[p, p]} patches of {config.in_chans}; refit it with the "
+                        "model's settings (`mimx image codebook` takes the same overrides as pretrain)")
+    if config.vocab_size is not None and codes.shape[0] != config.vocab_size:
+        raise UserError(f"codebook {path} holds {codes.shape[0]} codes but model.vocab_size={config.vocab_size}; "
+                        f"set model.vocab_size={codes.shape[0]} (or leave it unset)")
+    return codes, meta
+
+
 def image_mae_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> ImageMAEConfig:
     """Config from a mapping (a hydra ``model`` node) plus keyword overrides.
 
     ``preset`` (tiny/small/base/large/huge) fills width, depth and heads first.
-    Unknown keys raise one error listing the valid ones.
+    Unknown keys raise one error listing the valid ones. A token target with a
+    ``codebook`` and no ``vocab_size`` takes the codebook's size.
     """
     values = apply_preset({**(cfg or {}), **overrides}, PRESETS)
-    return from_mapping(ImageMAEConfig, values, "model")
+    config = from_mapping(ImageMAEConfig, values, "model")
+    if config.target == "tokens" and config.codebook and config.vocab_size is None:
+        config.vocab_size = int(load_image_codebook(config.codebook, config)[0].shape[0])
+    return config
 
 
 def mae_vit(preset: str = "base", **overrides: Any) -> ImageMAE:

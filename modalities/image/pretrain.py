@@ -1,4 +1,4 @@
-"""``mimx image pretrain``: MAE pretraining on image shards."""
+"""``mimx image pretrain``: MAE, SimMIM, MaskFeat or BEiT-style pretraining on image shards."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from mimx.data.stream import ShardStream
 from mimx.masking import MASKINGS
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
-from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config
+from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config, load_image_codebook
 from mimx.train.distributed import DistInfo
 from mimx.train.engine import StepContext, TrainConfig, TrainResult
 from mimx.train.launch import run_pretraining
@@ -64,8 +64,13 @@ class ImagePretrainTask:
         self.figure_seed = figure_seed
 
     def meta(self) -> dict[str, Any]:
-        return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config),
+        # the codes travel in the weights (target.codebook): a loaded model never reads the file again
+        config = {**dataclasses.asdict(self.config), "codebook": None}
+        meta = {"architecture": self.config.architecture(), "model_config": config,
                 "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)}}
+        if self.config.codebook:
+            meta["codebook_file"] = str(self.config.codebook)
+        return meta
 
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
         x = self.normalizer(batch["image"].to(ctx.device, non_blocking=True)).to(ctx.dtype)
@@ -85,7 +90,8 @@ class ImagePretrainTask:
         save_reconstruction_grid(reconstruction_panels(model, x, mask, self.normalizer), path)
 
 
-def _sections(cfg: DictConfig) -> tuple[TrainConfig, ImageMAEConfig, ImageDataConfig]:
+def sections(cfg: DictConfig, *, check_tokens: bool = True) -> tuple[TrainConfig, ImageMAEConfig, ImageDataConfig]:
+    """The train, model and data sections of a composed pretraining config, checked against each other."""
     train = from_mapping(TrainConfig, cfg.train, "train")
     model_values = to_plain(cfg.model)
     model_values["masking"] = to_plain(cfg.masking)
@@ -98,12 +104,28 @@ def _sections(cfg: DictConfig) -> tuple[TrainConfig, ImageMAEConfig, ImageDataCo
         raise UserError(f"model.in_chans={model.in_chans} but data.channels={data.channels}")
     if len(data.mean) != data.channels or len(data.std) != data.channels:
         raise UserError(f"data.mean and data.std need {data.channels} values, one per channel")
+    if model.target == "tokens" and check_tokens:
+        check_codebook(model, data)
     return train, model, data
+
+
+def check_codebook(model: ImageMAEConfig, data: ImageDataConfig) -> None:
+    """A token target needs a codebook fitted on patches of this model's size and this data's normalisation."""
+    if not model.codebook:
+        raise UserError("model.target=tokens (method=beit) predicts codebook ids: fit a codebook with "
+                        "`mimx image codebook <the same overrides>` and pass model.codebook=PATH")
+    _, meta = load_image_codebook(model.codebook, model)
+    norm = meta.get("normalization", {})
+    mean, std = list(norm.get("mean", [])), list(norm.get("std", []))
+    same = len(mean) == len(data.mean) == len(std) and np.allclose(mean, data.mean) and np.allclose(std, data.std)
+    if not same:
+        raise UserError(f"codebook {model.codebook} was fitted on inputs normalised with {norm}, but data.mean="
+                        f"{list(data.mean)} and data.std={list(data.std)}; refit it with this data config")
 
 
 def pretrain(cfg: DictConfig) -> TrainResult:
     """Run (or resume) image MAE pretraining as configured; see ``configs/image/pretrain.yaml``."""
-    train_cfg, model_cfg, data_cfg = _sections(cfg)
+    train_cfg, model_cfg, data_cfg = sections(cfg)
     urls = expand_shards(data_cfg.shards)
 
     def build(dist: DistInfo) -> tuple[ImageMAE, ShardStream, int, ImagePretrainTask]:

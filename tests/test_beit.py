@@ -1,0 +1,213 @@
+"""BEiT-style pretraining: the k-means codebook, the token target, parity with transformers' BEiT objective,
+and the recipe end to end (codebook -> pretrain -> viewer -> probe -> export)."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import logged_losses, tiny_overrides
+
+from mimx.codebook import fit_kmeans, nearest_code, read_codebook, save_codebook
+from mimx.config import UserError, compose
+from mimx.interop import pop_hf_blocks
+from mimx.losses import masked_loss
+from mimx.modalities.image import mae_vit
+from mimx.modalities.image.data import Normalizer
+from mimx.modalities.image.export import load_image_mae
+from mimx.modalities.image.figures import reconstruction_panels
+from mimx.modalities.image.pretrain import sections
+from mimx.patches import patchify, unpatchify
+from mimx.pos_embed import sincos_grid
+
+MIMX = [sys.executable, "-m", "mimx"]
+
+
+def test_nearest_code_matches_brute_force_in_chunks_and_under_autocast():
+    gen = torch.Generator().manual_seed(0)
+    points, codes = torch.randn(1000, 12, generator=gen), torch.randn(37, 12, generator=gen)
+    expected = torch.cdist(points.double(), codes.double()).argmin(1)
+    ids, dist = nearest_code(points, codes, chunk=128)
+    assert torch.equal(ids, expected)
+    torch.testing.assert_close(dist, (points - codes[ids]).square().sum(1), rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 distances would flip near ties: lookups stay fp32
+        assert torch.equal(nearest_code(points.bfloat16().float(), codes)[0],
+                           torch.cdist(points.bfloat16().double(), codes.double()).argmin(1))
+    assert nearest_code(points.view(10, 100, 12), codes)[0].shape == (10, 100)
+
+
+def test_kmeans_recovers_separated_clusters_and_reseeds_codes_left_empty():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = (centres.repeat_interleave(250, 0) + 0.1 * torch.randn(1000, 2, generator=gen))
+    result = fit_kmeans(points, 4, iters=50, seed=3)
+    found = result.codes[torch.cdist(centres, result.codes).argmin(1)]
+    torch.testing.assert_close(found, centres, atol=0.05, rtol=0)
+    assert all(b <= a + 1e-6 for a, b in zip(result.inertia, result.inertia[1:], strict=False))
+    # 90 % of the points are one repeated value (blank background): the random start draws it several
+    # times; the duplicate codes are left empty and are moved onto the worst-served points
+    blank = torch.cat([torch.zeros(900, 2), torch.arange(100.0).view(-1, 2).repeat(2, 1)])
+    result = fit_kmeans(blank, 8, iters=30, seed=0)
+    assert result.reseeded > 0
+    assert len(torch.unique(result.codes, dim=0)) == 8
+    assert torch.bincount(nearest_code(blank, result.codes)[0], minlength=8).gt(0).all()
+    with pytest.raises(UserError, match="at least as many patches as codes"):
+        fit_kmeans(torch.randn(5, 2), 8)
+
+
+def test_codebook_file_round_trip_and_clear_errors(tmp_path):
+    codes = torch.randn(16, 48)
+    path = save_codebook(tmp_path / "cb.safetensors", codes, {"patch": [4, 4], "channels": 3})
+    loaded, meta = read_codebook(path)
+    assert torch.equal(loaded, codes) and meta == {"patch": [4, 4], "channels": 3}
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(UserError, match="does not exist; fit one with `mimx image codebook`"):
+        read_codebook(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a codebook")
+    with pytest.raises(UserError, match="junk.safetensors is not a mimx codebook"):
+        read_codebook(tmp_path / "junk.safetensors")
+
+
+def beit(vocab: int = 32, **overrides):
+    values = dict(img_size=16, patch_size=4, depth=1, encoder_mode="mask_token", decoder_depth=0,
+                  target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=vocab,
+                  masking={"kind": "block", "ratio": 0.5, "min_block": 2})
+    return mae_vit("tiny", **{**values, **overrides})
+
+
+def test_token_target_scores_codebook_ids_of_hidden_patches_and_keeps_fp32_codes():
+    model = beit()
+    x = torch.randn(3, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="no codebook"):
+        model(x)
+    codes = torch.randn(32, 48)
+    model.target.load_codes(codes)
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    assert out.pred.shape == (3, 16, 32) and out.target.shape == (3, 16) and out.target.dtype == torch.long
+    assert torch.equal(out.target, torch.cdist(patchify(x, (4, 4)), codes).argmin(-1))
+    assert out.mask.mask.sum(1).tolist() == [8, 8, 8]
+    torch.testing.assert_close(out.loss, masked_loss(out.pred, out.target, out.mask.mask, "cross_entropy"))
+    # the codes are weights of the model: saved, loaded, and not rounded by a cast to bf16
+    model.to(torch.bfloat16)
+    assert model.target.codebook.dtype == torch.float32 and torch.equal(model.target.codebook, codes)
+    fresh = beit()
+    fresh.load_state_dict(model.float().state_dict())
+    assert fresh.target.loaded and torch.equal(fresh.target.codebook, codes)
+
+
+def test_token_settings_that_cannot_work_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(UserError, match="token targets are class ids"):
+        beit(loss="mse")
+    with pytest.raises(UserError, match="pass model.codebook=PATH"):
+        beit(vocab=None)
+    path = save_codebook(tmp_path / "cb.safetensors", torch.randn(32, 48),
+                         {"patch": [8, 8], "channels": 3, "normalization": {"mean": [0.5] * 3, "std": [0.2] * 3}})
+    with pytest.raises(UserError, match=r"fitted on \[8, 8\] patches of 3 channel\(s\), the model cuts \[4, 4\]"):
+        beit(codebook=str(path))
+    path = save_codebook(tmp_path / "cb.safetensors", torch.randn(32, 48),
+                         {"patch": [4, 4], "channels": 3, "normalization": {"mean": [0.5] * 3, "std": [0.2] * 3}})
+    with pytest.raises(UserError, match="holds 32 codes but model.vocab_size=16; set model.vocab_size=32"):
+        beit(vocab=16, codebook=str(path))
+    assert torch.equal(beit(vocab=None, codebook=str(path)).target.codebook, read_codebook(path)[0])
+    overrides = ["model=vit_tiny", "model.img_size=16", "model.patch_size=4", "method=beit"]
+    with pytest.raises(UserError, match="fit a codebook with `mimx image codebook"):
+        sections(compose("mimx.configs.image", "pretrain", overrides))
+    with pytest.raises(UserError, match="was fitted on inputs normalised with"):  # ImageNet statistics here
+        sections(compose("mimx.configs.image", "pretrain", [*overrides, f"model.codebook={path}"]))
+
+
+def test_token_viewer_shows_the_codes_and_the_predicted_codes():
+    model = beit(vocab=4)
+    normalizer = Normalizer([0.5] * 3, [0.5] * 3)
+    model.target.load_codes(torch.stack([torch.full((48,), v) for v in (-1.0, -0.5, 0.5, 1.0)]))
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    x = normalizer(images)
+    mask = model.make_mask(x, generator=torch.Generator().manual_seed(1))
+    out = model(x, mask=mask)
+    original, masked, coded, predicted = reconstruction_panels(model, x, mask, normalizer, out)
+    torch.testing.assert_close(original, images.float() / 255)
+    # the codes panel paints each patch in its nearest code's (flat) colour
+    expected = unpatchify(model.target.decode(out.target), (4, 4), (4, 4), 3)
+    torch.testing.assert_close(coded, normalizer.invert(expected))
+    hidden = mask.mask.view(2, 1, 4, 4).repeat_interleave(4, 2).repeat_interleave(4, 3).expand(-1, 3, -1, -1)
+    assert torch.equal(predicted[~hidden], original[~hidden])  # visible patches pasted
+    guessed = unpatchify(model.target.decode(out.pred.argmax(-1)), (4, 4), (4, 4), 3)
+    torch.testing.assert_close(predicted[hidden], normalizer.invert(guessed)[hidden])
+
+
+def test_same_loss_as_transformers_beit_masked_image_modeling():
+    """The objective against transformers' BeitForMaskedImageModeling, set up as a plain ViT (absolute sin-cos
+    positions, no relative position bias, no layer scale): same weights, mask and labels give the same loss."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BeitConfig(
+        vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+        image_size=32, patch_size=8, use_mask_token=True, use_absolute_position_embeddings=True,
+        use_relative_position_bias=False, use_shared_relative_position_bias=False, layer_scale_init_value=0.0,
+        use_mean_pooling=True, layer_norm_eps=1e-6)
+    hf = transformers.BeitForMaskedImageModeling(cfg).eval()
+    with torch.no_grad():
+        hf.beit.embeddings.position_embeddings.copy_(torch.cat([torch.zeros(1, 64), sincos_grid((4, 4), 64)])[None])
+        hf.beit.embeddings.mask_token.normal_()
+        for p in hf.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    ours = mae_vit("tiny", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, encoder_mode="mask_token",
+                   decoder_depth=0, target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=32).eval()
+    hf_state = {k: v.detach() for k, v in hf.state_dict().items()}
+    e = "beit.embeddings."
+    state = {"encoder.cls_token": hf_state.pop(e + "cls_token"), "encoder.mask_token": hf_state.pop(e + "mask_token"),
+             "tokenizer.proj.weight": hf_state.pop(e + "patch_embeddings.projection.weight"),
+             "tokenizer.proj.bias": hf_state.pop(e + "patch_embeddings.projection.bias"),
+             "encoder.norm.weight": hf_state.pop("layernorm.weight"),
+             "encoder.norm.bias": hf_state.pop("layernorm.bias"),
+             "decoder.head.weight": hf_state.pop("lm_head.weight"), "decoder.head.bias": hf_state.pop("lm_head.bias"),
+             "target.codebook": torch.randn(32, 192), **pop_hf_blocks(hf_state, "beit.layers", "encoder.blocks", 2)}
+    hf_state.pop(e + "position_embeddings")
+    assert not hf_state
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    hidden = torch.rand(3, 16).argsort(1) < 6
+    with torch.no_grad():
+        out = ours(x, mask=hidden)
+        theirs = hf(pixel_values=x, bool_masked_pos=hidden, labels=out.target[hidden])
+    torch.testing.assert_close(out.pred, theirs.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_beit_recipe_fits_a_codebook_then_trains_views_probes_and_exports(samples, tmp_path):
+    run_dir, codebook = tmp_path / "beit", tmp_path / "codebook.safetensors"
+    args = [a for a in tiny_overrides(run_dir, samples, "method=beit", "train.steps=60", "train.log_every=6",
+                                      "train.figure_every=60", "masking.min_block=2")
+            if not a.startswith("model.decoder_")]  # BEiT's linear head, not a decoder
+    proc = subprocess.run([*MIMX, "image", "codebook", *args, f"codebook.out={codebook}", "codebook.vocab_size=64",
+                           "codebook.images=400", "codebook.patches_per_image=0"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "64/64 codes used" in proc.stdout and f"model.codebook={codebook}" in proc.stdout, proc.stdout
+    codes, meta = read_codebook(codebook)
+    assert codes.shape == (64, 48) and meta["patch"] == [4, 4] and meta["channels"] == 3
+    assert meta["views"] == 400 and meta["patches"] == 400 * 16
+    assert meta["inertia"][-1] < meta["inertia"][0]
+
+    proc = subprocess.run([*MIMX, "image", "pretrain", *args, f"model.codebook={codebook}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = logged_losses(run_dir)
+    # below a uniform guess over the 64 codes, and well below where it started
+    assert len(losses) == 10 and sum(losses[-2:]) / 2 < min(math.log(64), 0.8 * losses[0]), losses
+    assert (run_dir / "figures" / "step-0000060.png").exists()
+    codebook.unlink()  # the run carries its codes: loading, viewing and probing never need the file again
+    model = load_image_mae(run_dir)
+    assert torch.equal(model.target.codebook, codes) and model.config.codebook is None
+    proc = subprocess.run([*MIMX, "image", "visualize", str(run_dir), f"{samples}/mnist_test", "--num", "3",
+                           "--out", str(tmp_path / "view.png")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and (tmp_path / "view.png").exists(), proc.stderr[-3000:]
+    proc = subprocess.run([*MIMX, "image", "eval", "knn", f"checkpoint={run_dir}", f"data.train={samples}/mnist",
+                           f"data.test={samples}/mnist_test", "data.num_workers=0"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*MIMX, "image", "export", str(run_dir), str(tmp_path / "export")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
