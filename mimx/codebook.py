@@ -97,6 +97,13 @@ def fit_kmeans(points: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e
     return result
 
 
+def perplexity(ids: torch.Tensor, vocab: int) -> float:
+    """exp(entropy) of how often each of ``vocab`` codes is used: how many codes the data effectively uses."""
+    p = torch.bincount(ids.flatten(), minlength=vocab).float()
+    p = p[p > 0] / p.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 def save_codebook(path: str | os.PathLike, codes: torch.Tensor, meta: dict[str, Any]) -> Path:
     """Write ``codes [K, D]`` and ``meta`` (JSON-safe values) as a safetensors file; written whole or not at all."""
     from safetensors.torch import save_file

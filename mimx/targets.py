@@ -179,6 +179,8 @@ class TokenTarget(nn.Module):
     codes refuses to score until :meth:`load_codes` or a checkpoint fills it.
     """
 
+    constant_buffers = ("codebook",)  # never trained: distributed training need not re-send it every step
+
     def __init__(self, patch: tuple[int, ...], vocab_size: int, channels: int) -> None:
         super().__init__()
         self.patch = tuple(int(p) for p in patch)

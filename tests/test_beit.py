@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import logged_losses, tiny_overrides
 
-from mimx.codebook import fit_kmeans, nearest_code, read_codebook, save_codebook
+from mimx.codebook import fit_kmeans, nearest_code, perplexity, read_codebook, save_codebook
 from mimx.config import UserError, compose
 from mimx.interop import pop_hf_blocks
 from mimx.losses import masked_loss
@@ -54,6 +54,9 @@ def test_kmeans_recovers_separated_clusters_and_reseeds_codes_left_empty():
     assert torch.bincount(nearest_code(blank, result.codes)[0], minlength=8).gt(0).all()
     with pytest.raises(UserError, match="at least as many patches as codes"):
         fit_kmeans(torch.randn(5, 2), 8)
+    # perplexity counts the codes in effective use
+    assert perplexity(torch.arange(8).repeat(3), 8) == pytest.approx(8)
+    assert perplexity(torch.zeros(10, dtype=torch.long), 8) == pytest.approx(1)
 
 
 def test_codebook_file_round_trip_and_clear_errors(tmp_path):
@@ -190,6 +193,7 @@ def test_beit_recipe_fits_a_codebook_then_trains_views_probes_and_exports(sample
     assert codes.shape == (64, 48) and meta["patch"] == [4, 4] and meta["channels"] == 3
     assert meta["views"] == 400 and meta["patches"] == 400 * 16
     assert meta["inertia"][-1] < meta["inertia"][0]
+    assert (tmp_path / "codebook.png").exists()  # the most used codes, drawn
 
     proc = subprocess.run([*MIMX, "image", "pretrain", *args, f"model.codebook={codebook}"],
                           capture_output=True, text=True, timeout=600)

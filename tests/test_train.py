@@ -13,7 +13,9 @@ import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
+from mimx.codebook import save_codebook
 from mimx.config import UserError, compose
+from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mimx.modalities.image.pretrain import pretrain
 from mimx.train import checkpoint as ckpt
 from mimx.train.metrics import read_metrics
@@ -141,9 +143,15 @@ def test_two_process_ddp_and_accumulation_equal_one_big_batch(samples, tmp_path)
     assert not torch.allclose(other["model"]["encoder.norm.weight"], one["model"]["encoder.norm.weight"])
 
 
-def test_torchrun_cli_smoke(samples, tmp_path):
+@pytest.mark.parametrize("method", ["mae", "beit"])
+def test_torchrun_cli_smoke(samples, tmp_path, method):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mimx"]
-    args = tiny_overrides(tmp_path, samples, "train.steps=4", "data.num_workers=1")
+    args = tiny_overrides(tmp_path, samples, "train.steps=4", "data.num_workers=1", f"method={method}")
+    if method == "beit":  # the codebook is the same on both ranks and is not re-sent every step
+        codes = torch.randn(32, 48, generator=torch.Generator().manual_seed(0))
+        path = save_codebook(tmp_path / "codes.safetensors", codes, {
+            "patch": [4, 4], "channels": 3, "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}})
+        args = [a for a in args if not a.startswith("model.decoder_")] + [f"model.codebook={path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*torchrun, "image", "pretrain", *args], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -151,6 +159,8 @@ def test_torchrun_cli_smoke(samples, tmp_path):
     assert "2 process(es) x 16" in proc.stderr
     state = ckpt.load(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["ranks"]) == 2
+    if method == "beit":
+        assert torch.equal(state["model"]["target.codebook"], codes)
 
 
 def test_bf16_pure_trains_as_well_as_autocast(samples, tmp_path):

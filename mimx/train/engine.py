@@ -183,6 +183,10 @@ class Trainer:
         wrapped: nn.Module = self.model
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            # buffers that never change (a token target's codebook) are the same on every rank: not re-sent each step
+            constant = [f"{name}.{buffer}" for name, m in self.model.named_modules()
+                        for buffer in getattr(m, "constant_buffers", ())]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, constant)
             wrapped = DistributedDataParallel(self.model, device_ids=ids)
         if mode is not None:
             wrapped = torch.compile(wrapped, mode=mode)

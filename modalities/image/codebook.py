@@ -5,18 +5,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from mimx.codebook import fit_kmeans, nearest_code, save_codebook
+from mimx.codebook import fit_kmeans, nearest_code, perplexity, save_codebook
 from mimx.config import UserError, from_mapping
 from mimx.data.shards import expand_shards
 from mimx.data.stream import ShardStream, StreamLoader
 from mimx.modalities.image.data import ImageDecoder, Normalizer
 from mimx.modalities.image.pretrain import sections
-from mimx.patches import patchify
+from mimx.patches import patchify, unpatchify
 from mimx.train.distributed import pick_device
 
 
@@ -52,11 +53,18 @@ def collect_patches(loader: StreamLoader, normalizer: Normalizer, patch: int, im
     return torch.cat(parts), seen, loader.skips.report() if loader.skips.count else ""
 
 
-def perplexity(ids: torch.Tensor, vocab: int) -> float:
-    """exp(entropy) of the code usage: how many codes the data effectively uses."""
-    p = torch.bincount(ids.flatten(), minlength=vocab).float()
-    p = p[p > 0] / p.sum()
-    return float(torch.exp(-(p * p.log()).sum()))
+def save_code_sheet(codes: torch.Tensor, usage: torch.Tensor, patch: int, channels: int, normalizer: Normalizer,
+                    path: Path, count: int = 256) -> Path:
+    """The ``count`` most used codes as patches (most used first, 16 per row) in a PNG, to see the vocabulary."""
+    from torchvision.utils import save_image
+
+    order = usage.argsort(descending=True)[:count]
+    tiles = unpatchify(codes[order].float().cpu()[:, None], (patch, patch), (1, 1), channels)
+    tiles = normalizer.invert(tiles)
+    zoom = max(1, 16 // patch)
+    tiles = tiles.repeat_interleave(zoom, -2).repeat_interleave(zoom, -1)
+    save_image(tiles, str(path), nrow=16, padding=1, pad_value=1.0)
+    return path
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
@@ -71,14 +79,17 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                          resampled=data.resampled, seed=c.seed)
     loader = StreamLoader(stream, num_workers=data.num_workers if data.resampled else min(data.num_workers, len(urls)))
     start = time.perf_counter()
-    points, views, skips = collect_patches(loader, Normalizer(data.mean, data.std), model.patch_size, c.images,
+    normalizer = Normalizer(data.mean, data.std)
+    points, views, skips = collect_patches(loader, normalizer, model.patch_size, c.images,
                                            c.patches_per_image, c.seed)
     device = pick_device(c.device)
+    points = points.to(device)
     print(f"codebook: {points.shape[0]:,} patches of {views:,} views ({time.perf_counter() - start:.0f} s); "
           f"k-means with {c.vocab_size} codes on {device}")
-    result = fit_kmeans(points.to(device), c.vocab_size, iters=c.iters, tol=c.tol, seed=c.seed)
-    ids, dist = nearest_code(points.to(device), result.codes)
-    used = int(torch.bincount(ids, minlength=c.vocab_size).gt(0).sum())
+    result = fit_kmeans(points, c.vocab_size, iters=c.iters, tol=c.tol, seed=c.seed)
+    ids, dist = nearest_code(points, result.codes)
+    usage = torch.bincount(ids, minlength=c.vocab_size)
+    used = int(usage.gt(0).sum())
     info = {
         "patch": [model.patch_size, model.patch_size], "channels": model.in_chans,
         "normalization": {"mean": list(data.mean), "std": list(data.std)},
@@ -88,6 +99,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         "codes_used": used, "perplexity": perplexity(ids, c.vocab_size), "seed": c.seed,
     }
     path = save_codebook(c.out, result.codes, info)
+    sheet = save_code_sheet(result.codes, usage, model.patch_size, model.in_chans, normalizer, path.with_suffix(".png"))
     explained = 1 - info["mean_sq_distance"] / max(info["patch_variance"], 1e-12)
     print(f"codebook: {result.iterations} passes, mean squared distance {result.inertia[0]:.4g} -> "
           f"{info['mean_sq_distance']:.4g} ({explained:.1%} of the patch variance explained), {used}/{c.vocab_size} "
@@ -95,5 +107,6 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
           f"{time.perf_counter() - start:.0f} s")
     if skips:
         print(f"codebook: {skips}")
-    print(f"wrote {path}\nnext: mimx image pretrain method=beit model.codebook={path} <the same overrides>")
+    print(f"wrote {path} and {sheet.name} (the {min(256, c.vocab_size)} most used codes)")
+    print(f"next: mimx image pretrain method=beit model.codebook={path} <the same overrides>")
     return info
