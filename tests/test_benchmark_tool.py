@@ -39,3 +39,10 @@ def test_hog_command_matches_the_reference_formulation():
                           "--threads", "1", "--device", "cpu"], capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("mimx / reference formulation: "))
     assert float(line.split("differ by at most ")[1].split(" ")[0]) < 1e-5, line
+
+
+def test_tokens_command_gives_the_reference_ids():
+    out = subprocess.run([sys.executable, str(TOOL), "tokens", "--batch", "2", "--image", "64", "--vocab", "128",
+                          "--repeats", "1", "--threads", "1", "--device", "cpu"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "equal the float64 reference for 100.00% of the patches" in out, out

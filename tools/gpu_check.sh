@@ -55,3 +55,4 @@ step point_ops 40 point-ops
 step point_step 40 point-step --precisions bf16
 step multimodal 40 multimodal-step --model base --image 224 --patch 16 --batch 64 --precisions bf16
 step hog 30 hog --batch 64
+step tokens 30 tokens --batch 64
