@@ -140,14 +140,14 @@ def test_token_viewer_shows_the_codes_and_the_predicted_codes():
 
 
 def test_same_loss_as_transformers_beit_masked_image_modeling():
-    """The objective against transformers' BeitForMaskedImageModeling, set up as a plain ViT (absolute sin-cos
-    positions, no relative position bias, no layer scale): same weights, mask and labels give the same loss."""
+    """The objective against transformers' BeitForMaskedImageModeling, set up as a plain ViT with LayerScale
+    (absolute sin-cos positions, no relative position bias): same weights, mask and labels give the same loss."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BeitConfig(
         vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
         image_size=32, patch_size=8, use_mask_token=True, use_absolute_position_embeddings=True,
-        use_relative_position_bias=False, use_shared_relative_position_bias=False, layer_scale_init_value=0.0,
+        use_relative_position_bias=False, use_shared_relative_position_bias=False, layer_scale_init_value=0.1,
         use_mean_pooling=True, layer_norm_eps=1e-6)
     hf = transformers.BeitForMaskedImageModeling(cfg).eval()
     with torch.no_grad():
@@ -157,7 +157,8 @@ def test_same_loss_as_transformers_beit_masked_image_modeling():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     ours = mae_vit("tiny", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, encoder_mode="mask_token",
-                   decoder_depth=0, target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=32).eval()
+                   decoder_depth=0, target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=32,
+                   layer_scale=0.1).eval()
     hf_state = {k: v.detach() for k, v in hf.state_dict().items()}
     e = "beit.embeddings."
     state = {"encoder.cls_token": hf_state.pop(e + "cls_token"), "encoder.mask_token": hf_state.pop(e + "mask_token"),
@@ -167,6 +168,9 @@ def test_same_loss_as_transformers_beit_masked_image_modeling():
              "encoder.norm.bias": hf_state.pop("layernorm.bias"),
              "decoder.head.weight": hf_state.pop("lm_head.weight"), "decoder.head.bias": hf_state.pop("lm_head.bias"),
              "target.codebook": torch.randn(32, 192), **pop_hf_blocks(hf_state, "beit.layers", "encoder.blocks", 2)}
+    for i in range(2):
+        for n in (1, 2):
+            state[f"encoder.blocks.{i}.ls{n}.gamma"] = hf_state.pop(f"beit.layers.{i}.lambda_{n}")
     hf_state.pop(e + "position_embeddings")
     assert not hf_state
     ours.load_state_dict(state, strict=True)

@@ -116,7 +116,8 @@ def test_zero_position_table_is_refused_with_the_reason():
 
 @pytest.mark.parametrize("kwargs", [dict(img_size=32, patch_size=8),
                                     dict(img_size=[24, 40], patch_size=8),
-                                    dict(img_size=32, patch_size=4, encoder_mode="mask_token")])
+                                    dict(img_size=32, patch_size=4, encoder_mode="mask_token"),
+                                    dict(img_size=32, patch_size=8, layer_scale=0.1)])
 def test_timm_export_round_trip(kwargs):
     torch.manual_seed(0)
     mae = mae_vit("tiny", depth=2, decoder_depth=1, decoder_dim=32, decoder_heads=2, **kwargs).eval()
@@ -131,3 +132,4 @@ def test_timm_export_round_trip(kwargs):
     with torch.no_grad():
         torch.testing.assert_close(vit.forward_features(x), mae.encode(x), rtol=1e-5, atol=1e-5)
     assert not any("mask" in k for k in vit.state_dict())
+    assert any(k.endswith("ls1.gamma") for k in vit.state_dict()) == bool(kwargs.get("layer_scale"))

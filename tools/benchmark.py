@@ -845,8 +845,8 @@ def main() -> None:
         print(json.dumps((measure_step if args.cmd == "_step" else measure_paired)(args)))
     else:
         {"step": cmd_step, "paired": cmd_paired, "loader": cmd_loader, "video-loader": cmd_video_loader,
-         "peak": cmd_peak, "hog": cmd_hog, "tokens": cmd_tokens, "point-ops": cmd_point_ops, "point-step": cmd_point_step,
-         "multimodal-step": cmd_multimodal_step}[args.cmd](args)
+         "peak": cmd_peak, "hog": cmd_hog, "tokens": cmd_tokens, "point-ops": cmd_point_ops,
+         "point-step": cmd_point_step, "multimodal-step": cmd_multimodal_step}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def timm_kwargs(config: ImageMAEConfig) -> dict[str, Any]:
         img_size=list(config.image_hw), patch_size=config.patch_size, in_chans=config.in_chans,
         embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, num_classes=0, global_pool="token",
-        class_token=True, norm_eps=config.norm_eps,
+        class_token=True, norm_eps=config.norm_eps, init_values=config.layer_scale or None,
     )
 
 

@@ -35,6 +35,7 @@ class ImageMAEConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     drop_path: float = 0.0
+    layer_scale: float | None = None  # LayerScale init of the encoder blocks (BEiT: 0.1); None: none
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
@@ -59,6 +60,8 @@ class ImageMAEConfig:
         """The fields that fix parameter shapes (compared when a checkpoint is loaded)."""
         keys = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
                 "decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio", "encoder_mode")
+        if self.layer_scale:  # runs from before LayerScale existed record none
+            keys += ("layer_scale",)
         if self.target == "hog":  # runs from before other targets existed record no target
             keys += ("target", "hog_cell", "hog_bins")
         elif self.target == "tokens":
@@ -112,7 +115,7 @@ class ImageMAE(MaskedAutoencoder):
         masking = build_masking(**c.masking)
         target = c.build_target()
         encoder = MaskedEncoder(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                                norm_eps=c.norm_eps, drop_path=c.drop_path,
+                                norm_eps=c.norm_eps, drop_path=c.drop_path, init_values=c.layer_scale or None,
                                 mask_token=c.encoder_mode == "mask_token")
         decoder = MaskedDecoder(c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads,
                                 target.width(c.in_chans), mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
