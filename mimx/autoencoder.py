@@ -105,7 +105,9 @@ class MaskedAutoencoder(nn.Module):
         tensor), else drawn by the masking generator from ``noise`` or
         ``generator``; the same ``noise`` always gives the same output. With a
         ``decode_subset`` the decoder reconstructs only the chosen hidden tokens
-        (from ``decode_noise`` or ``generator``) unless ``decode_all``.
+        (from ``decode_noise`` or ``generator``) unless ``decode_all``; a
+        per-token head on a mask-token encoder likewise predicts only the hidden
+        tokens. ``out.decoded`` then holds the ids predicted; the loss is the same.
         """
         tokens, layout = self.tokenizer(x)
         batch, length = tokens.shape[:2]
@@ -120,8 +122,8 @@ class MaskedAutoencoder(nn.Module):
         if self.target is None:
             raise RuntimeError("this model has no target: it can encode but not be trained")
         target = self.target(x, layout)
-        if self.decode_subset is not None and not decode_all:
-            ids = self.decode_subset(mask, layout, noise=decode_noise, generator=generator)
+        ids = None if decode_all else self.scored_ids(mask, layout, decode_noise, generator)
+        if ids is not None:
             pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens, decode_ids=ids)
             target = gather_tokens(target, ids)
             loss = self.score(pred, target, torch.ones(ids.shape, dtype=torch.bool, device=ids.device))
@@ -129,6 +131,21 @@ class MaskedAutoencoder(nn.Module):
         pred = self.decoder(latent, dec_pos, mask, self.encoder.num_prefix_tokens)
         loss = self.score(pred, target, mask.mask)
         return MAEOutput(loss=loss, pred=pred, target=target, mask=mask, layout=layout)
+
+    def scored_ids(self, mask: Mask, layout: Any, decode_noise: torch.Tensor | None,
+                   generator: torch.Generator | None) -> torch.Tensor | None:
+        """``[B, K]`` ids of the tokens to predict, or None to predict every token.
+
+        The ``decode_subset`` choice when there is one; for a per-token head on
+        an encoder that keeps every token (SimMIM, MaskFeat, BEiT), the hidden
+        tokens: visible ones would be predicted only to be left out of the loss
+        (with a BEiT vocabulary of 8,192 codes, a sizeable share of the step).
+        """
+        if self.decode_subset is not None:
+            return self.decode_subset(mask, layout, noise=decode_noise, generator=generator)
+        if getattr(self.decoder, "per_token", False) and getattr(self.encoder, "mask_token", None) is not None:
+            return mask.hidden_ids()
+        return None
 
     def score(self, pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The loss over tokens where ``hidden`` is True."""

@@ -40,6 +40,10 @@ class Mask:
         """The mask on ``device``; from the host to a GPU through pinned memory, without waiting for the GPU."""
         return Mask(*(to_device(t, device) for t in (self.mask, self.ids_keep, self.ids_restore)))
 
+    def hidden_ids(self) -> torch.Tensor:
+        """``[B, L - K]`` indices of the hidden tokens, ascending."""
+        return self.ids_restore.argsort(dim=1)[:, self.num_visible:].sort(dim=1).values
+
     @staticmethod
     def from_bool(mask: torch.Tensor, num_visible: int | None = None) -> Mask:
         """Build ids from a boolean mask; every row must hide the same number of tokens.

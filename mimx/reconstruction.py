@@ -40,7 +40,7 @@ def reconstruction_panels(model: MaskedAutoencoder, x: torch.Tensor, mask: Mask,
     grey and patchy). Hidden patches of the masked panel are ``grey``.
     """
     target = model.target
-    if out is None:
+    if out is None or out.decoded is not None:  # every token's prediction is drawn
         out = model(x, mask=mask, decode_all=True)
     grid = tuple(out.layout)
     channels = x.shape[1]

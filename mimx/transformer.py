@@ -150,7 +150,8 @@ class MaskedDecoder(nn.Module):
     the learned mask token through ``mask.ids_restore``. Output: ``[B, L, out_dim]``.
     With ``decode_ids`` (``[B, K_d]``, VideoMAE v2 dual masking) only those
     hidden tokens get a mask token and a prediction: output ``[B, K_d, out_dim]``.
-    With ``depth=0`` it is a linear head on the encoder features (SimMIM).
+    With ``depth=0`` it is a linear head on the encoder features (SimMIM); fed
+    every token's features, ``decode_ids`` then picks the tokens it predicts.
     """
 
     def __init__(
@@ -186,6 +187,11 @@ class MaskedDecoder(nn.Module):
     def width(self) -> int:
         return self.head.in_features
 
+    @property
+    def per_token(self) -> bool:
+        """True for the bare head (``depth=0``): each prediction reads only its own token's features."""
+        return not len(self.blocks)
+
     def forward(
         self, latent: torch.Tensor, pos: torch.Tensor | None, mask: Mask, num_prefix: int = 1,
         decode_ids: torch.Tensor | None = None,
@@ -215,6 +221,10 @@ class MaskedDecoder(nn.Module):
 
     def _decode_subset(self, prefix: torch.Tensor, visible: torch.Tensor, pos: torch.Tensor | None, mask: Mask,
                        decode_ids: torch.Tensor) -> torch.Tensor:
+        if self.per_token and visible.shape[1] == mask.mask.shape[1]:  # features of every token: head on the subset
+            x = gather_tokens(visible, decode_ids)
+            return self.head(x if pos is None else x + gather_tokens(pos.to(x.dtype).expand(x.shape[0], -1, -1),
+                                                                      decode_ids))
         if self.mask_token is None or not len(self.blocks) or visible.shape[1] != mask.num_visible:
             raise RuntimeError("decoding a subset needs a transformer decoder fed only the visible tokens")
         batch = visible.shape[0]

@@ -87,10 +87,14 @@ def test_token_target_scores_codebook_ids_of_hidden_patches_and_keeps_fp32_codes
     codes = torch.randn(32, 48)
     model.target.load_codes(codes)
     out = model(x, generator=torch.Generator().manual_seed(0))
-    assert out.pred.shape == (3, 16, 32) and out.target.shape == (3, 16) and out.target.dtype == torch.long
-    assert torch.equal(out.target, torch.cdist(patchify(x, (4, 4)), codes).argmin(-1))
     assert out.mask.mask.sum(1).tolist() == [8, 8, 8]
-    torch.testing.assert_close(out.loss, masked_loss(out.pred, out.target, out.mask.mask, "cross_entropy"))
+    # logits for the hidden patches only; their targets are the ids of the nearest codes
+    assert out.pred.shape == (3, 8, 32) and out.target.shape == (3, 8) and out.target.dtype == torch.long
+    ids = torch.cdist(patchify(x, (4, 4)), codes).argmin(-1)
+    assert torch.equal(out.target, ids.gather(1, out.decoded)) and out.mask.mask.gather(1, out.decoded).all()
+    full = model(x, mask=out.mask, decode_all=True)
+    assert full.pred.shape == (3, 16, 32) and torch.equal(full.target, ids)
+    torch.testing.assert_close(out.loss, masked_loss(full.pred, full.target, out.mask.mask, "cross_entropy"))
     # the codes are weights of the model: saved, loaded, and not rounded by a cast to bf16
     model.to(torch.bfloat16)
     assert model.target.codebook.dtype == torch.float32 and torch.equal(model.target.codebook, codes)
@@ -127,8 +131,11 @@ def test_token_viewer_shows_the_codes_and_the_predicted_codes():
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     x = normalizer(images)
     mask = model.make_mask(x, generator=torch.Generator().manual_seed(1))
-    out = model(x, mask=mask)
+    out = model(x, mask=mask, decode_all=True)
     original, masked, coded, predicted = reconstruction_panels(model, x, mask, normalizer, out)
+    # a training output (hidden patches only) draws the same figure
+    torch.testing.assert_close(reconstruction_panels(model, x, mask, normalizer, model(x, mask=mask)),
+                               torch.stack([original, masked, coded, predicted]))
     torch.testing.assert_close(original, images.float() / 255)
     # the codes panel paints each patch in its nearest code's (flat) colour
     expected = unpatchify(model.target.decode(out.target), (4, 4), (4, 4), 3)
@@ -177,9 +184,11 @@ def test_same_loss_as_transformers_beit_masked_image_modeling():
     x = torch.randn(3, 3, 32, 32)
     hidden = torch.rand(3, 16).argsort(1) < 6
     with torch.no_grad():
-        out = ours(x, mask=hidden)
-        theirs = hf(pixel_values=x, bool_masked_pos=hidden, labels=out.target[hidden])
-    torch.testing.assert_close(out.pred, theirs.logits, rtol=1e-5, atol=1e-5)
+        full = ours(x, mask=hidden, decode_all=True)
+        out = ours(x, mask=hidden)  # what training runs: logits of the hidden patches only
+        theirs = hf(pixel_values=x, bool_masked_pos=hidden, labels=full.target[hidden])
+    torch.testing.assert_close(full.pred, theirs.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full.loss, theirs.loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, theirs.loss, rtol=1e-5, atol=1e-6)
 
 

@@ -46,3 +46,12 @@ def test_tokens_command_gives_the_reference_ids():
                           "--repeats", "1", "--threads", "1", "--device", "cpu"],
                          capture_output=True, text=True, check=True).stdout
     assert "equal the float64 reference for 100.00% of the patches" in out, out
+
+
+def test_head_command_compares_hidden_only_logits_at_the_same_loss():
+    out = subprocess.run([sys.executable, str(TOOL), "head", "--model", "tiny", "--image", "32", "--patch", "8",
+                          "--vocab", "64", "--batch", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
+                          "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("hidden only / every patch: "))
+    hidden_only, every = (float(v) for v in line.split("same loss: ")[1].split(" / "))
+    assert abs(hidden_only - every) < 1e-5, line

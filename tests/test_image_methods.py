@@ -11,6 +11,7 @@ from conftest import logged_losses, tiny_overrides
 
 from mimx.config import UserError, compose
 from mimx.losses import masked_loss
+from mimx.masking import gather_tokens
 from mimx.modalities.image import mae_vit
 from mimx.modalities.image.data import Normalizer
 from mimx.modalities.image.figures import reconstruction_panels
@@ -80,10 +81,15 @@ def test_maskfeat_model_scores_hog_of_hidden_patches_only():
                     target="hog", norm_pix=False, masking={"kind": "block", "ratio": 0.5, "min_block": 1})
     x = torch.randn(3, 3, 32, 32)
     out = model(x, generator=torch.Generator().manual_seed(0))
-    assert out.pred.shape == out.target.shape == (3, 4, 108)
     assert out.mask.mask.sum(1).tolist() == [2, 2, 2]
-    torch.testing.assert_close(out.target, HOGTarget((16, 16))(x, None))
-    torch.testing.assert_close(out.loss, masked_loss(out.pred, out.target, out.mask.mask, "mse"))
+    # the head predicts the hidden patches only, and scores all it predicts
+    assert out.pred.shape == out.target.shape == (3, 2, 108)
+    assert out.mask.mask.gather(1, out.decoded).all()
+    torch.testing.assert_close(out.target, gather_tokens(HOGTarget((16, 16))(x, None), out.decoded))
+    full = model(x, mask=out.mask, decode_all=True)  # every patch predicted: same loss over the hidden ones
+    assert full.pred.shape == (3, 4, 108)
+    torch.testing.assert_close(out.loss, masked_loss(full.pred, full.target, out.mask.mask, "mse"))
+    torch.testing.assert_close(out.full_prediction()[out.mask.mask], full.pred[out.mask.mask])
     assert model.decoder.mask_token is None and len(model.decoder.blocks) == 0  # a linear head, no decoder
     # the encoder's features need no mask and no target
     assert model.encode(x).shape == (3, 5, model.config.embed_dim)
@@ -109,7 +115,7 @@ def test_hog_viewer_draws_the_true_and_predicted_histograms():
     images[..., 20:] = 255  # a vertical edge through the right-hand patches
     x = normalizer(images)
     mask = model.make_mask(x, generator=torch.Generator().manual_seed(0))
-    out = model(x, mask=mask)
+    out = model(x, mask=mask, decode_all=True)
     perfect = type(out)(loss=out.loss, pred=out.target, target=out.target, mask=mask, layout=out.layout)
     original, masked, true_hog, pred_hog = reconstruction_panels(model, x, mask, normalizer, perfect)
     torch.testing.assert_close(original, images.float() / 255)

@@ -78,9 +78,11 @@ def test_simmim_same_loss_and_reconstruction_as_transformers(tmp_path):
     hidden = torch.rand(3, 16).argsort(1) < 10  # 10 of 16 patches hidden per image
     with torch.no_grad():
         theirs = hf(pixel_values=x, bool_masked_pos=hidden)
-        ours = mae(x, mask=hidden)
+        ours = mae(x, mask=hidden, decode_all=True)
+        scored = mae(x, mask=hidden)  # what training runs: the head on the hidden patches only
     torch.testing.assert_close(mae.unpatchify(ours.pred, (4, 4)), theirs.reconstruction, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-5, atol=1e-6)  # theirs: + 1e-5 in the denominator
+    torch.testing.assert_close(scored.loss, theirs.loss, rtol=1e-5, atol=1e-6)
     learned = ViTForMaskedImageModeling(cfg)  # learned positions cannot be held
     with pytest.raises(UserError, match="not the fixed MAE sin-cos table"):
         from_transformers(learned)

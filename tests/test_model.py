@@ -39,9 +39,14 @@ def test_encode_has_no_masking_and_supports_non_square():
 
 def test_mask_token_mode_sees_every_token():
     m = small(encoder_mode="mask_token", decoder_depth=0).eval()
-    out = m(torch.randn(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
-    assert out.pred.shape == (2, 16, 192)
+    x = torch.randn(2, 3, 32, 32)
+    out = m(x, generator=torch.Generator().manual_seed(0))
+    hidden = int(out.mask.mask[0].sum())
+    assert out.pred.shape == (2, hidden, 192) and hidden == 12  # the linear head predicts the hidden patches
     assert torch.isfinite(out.loss)
+    full = m(x, mask=out.mask, decode_all=True)
+    assert full.pred.shape == (2, 16, 192)
+    torch.testing.assert_close(full.loss, out.loss)
 
 
 @pytest.mark.parametrize("kind,extra", [("block", {"min_block": 2}), ("coarse", {"cell": 2})])

@@ -620,6 +620,54 @@ def cmd_tokens(args: argparse.Namespace) -> None:
           f"reference for {same:.2%} of the patches")
 
 
+def cmd_head(args: argparse.Namespace) -> None:
+    """BEiT-style step (mask tokens, linear head, cross-entropy over ``--vocab`` codes): logits for the hidden
+    patches only (what mimx trains with) against logits for every patch, paired in one process, same loss."""
+    from mimx.modalities.image import mae_vit
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = mae_vit(args.model, img_size=args.image, patch_size=args.patch, encoder_mode="mask_token",
+                    decoder_depth=0, target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=args.vocab,
+                    masking={"kind": "block", "ratio": args.mask_ratio}).to(device)
+    model.target.load_codes(torch.randn(args.vocab, args.patch * args.patch * 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    x = torch.randn(args.batch, 3, args.image, args.image, device=device)
+    mask = model.make_mask(x, generator=torch.Generator().manual_seed(0))
+
+    def step(every_patch: bool) -> tuple[float, float]:
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = model(x, mask=mask, decode_all=every_patch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        return time.perf_counter() - start, float(loss.detach())
+
+    with torch.no_grad():
+        losses = [float(model(x, mask=mask, decode_all=every).loss) for every in (False, True)]
+    for _ in range(args.warmup):
+        step(False), step(True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.steps):
+        for every in (False, True):
+            times[every].append(step(every)[0])
+    quart = ratio_quartiles(times[False], times[True])
+    hidden = int(mask.mask[0].sum())
+    print(f"# BEiT-style ViT-{args.model[0].upper()}/{args.patch}, {args.image} px, {args.vocab} codes, block mask "
+          f"{args.mask_ratio} ({hidden} of {mask.mask.shape[1]} patches), batch {args.batch}, {args.precision}; "
+          f"{args.steps} alternating train steps after {args.warmup} warm-up; device {device}, "
+          f"threads {torch.get_num_threads()}")
+    print("| logits for | samples/s (median) |\n|---|---|")
+    for every, name in ((False, "hidden patches (mimx)"), (True, "every patch")):
+        print(f"| {name} | {args.batch / statistics.median(times[every]):.2f} |")
+    print(f"\nhidden only / every patch: {quart[1]:.2f}x (quartiles {quart[0]:.2f}-{quart[2]:.2f}x); same loss: "
+          f"{losses[0]:.6f} / {losses[1]:.6f}")
+
+
 def cmd_point_step(args: argparse.Namespace) -> None:
     """Point-MAE train step (forward, backward, AdamW) in clouds/s, per precision and ops backend."""
     from mimx.modalities.points import ops
@@ -797,6 +845,18 @@ def main() -> None:
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
     p = sub.add_parser("peak")
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("head")
+    p.add_argument("--model", default="base")
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--mask-ratio", type=float, default=0.4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
     p = sub.add_parser("tokens")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--image", type=int, default=224)
@@ -845,7 +905,7 @@ def main() -> None:
         print(json.dumps((measure_step if args.cmd == "_step" else measure_paired)(args)))
     else:
         {"step": cmd_step, "paired": cmd_paired, "loader": cmd_loader, "video-loader": cmd_video_loader,
-         "peak": cmd_peak, "hog": cmd_hog, "tokens": cmd_tokens, "point-ops": cmd_point_ops,
+         "peak": cmd_peak, "hog": cmd_hog, "tokens": cmd_tokens, "head": cmd_head, "point-ops": cmd_point_ops,
          "point-step": cmd_point_step, "multimodal-step": cmd_multimodal_step}[args.cmd](args)
 
 
