@@ -3,11 +3,11 @@
 #   here, once:  tools/gpu_wheels.sh                       (hydra, omegaconf, webdataset wheels into .whl/)
 #   there:       run(command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=580)
 # Installs mimx and the carried wheels into /tmp/site (the machine's image holds torch, timm, transformers),
-# then runs, each under its own time limit (550 s in all; about 350 s when all goes well) and logged to $OUT:
-# the CUDA tests, the matmul peak, the train steps of mimx against transformers (ViT-B and ViT-L MAE,
-# VideoMAE-B) in bf16 with throughput and share of the measured peak, then the Point-MAE ops and step, the
-# MultiMAE step and MaskFeat's HOG target. Each benchmark configuration starts its own process (tens of seconds
-# of start-up each there).
+# then runs, each under its own time limit (about 400 s when all goes well) and logged to $OUT: the CUDA
+# tests, the matmul peak, the train steps of mimx against transformers (ViT-B and ViT-L MAE, VideoMAE-B) in
+# bf16 with throughput and share of the measured peak, then the Point-MAE ops and step, the MultiMAE step,
+# MaskFeat's HOG target, BEiT's token lookup and its hidden-only head. Each benchmark configuration starts its
+# own process (tens of seconds of start-up each there).
 # QUICK=1 DEVICE=cpu: a dry run. COMPILED=1: instead, only ViT-B MAE eager against torch.compile with CUDA graphs
 # (mode reduce-overhead) for both mimx and transformers, paired in one process (a second call, about 200 s).
 set -u
@@ -56,3 +56,4 @@ step point_step 40 point-step --precisions bf16
 step multimodal 40 multimodal-step --model base --image 224 --patch 16 --batch 64 --precisions bf16
 step hog 30 hog --batch 64
 step tokens 30 tokens --batch 64
+step beit_head 45 head --model base --batch 64 --steps 8 --warmup 2
