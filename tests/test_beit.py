@@ -17,7 +17,7 @@ from mimx.modalities.image import mae_vit
 from mimx.modalities.image.data import Normalizer
 from mimx.modalities.image.export import load_image_mae
 from mimx.modalities.image.figures import reconstruction_panels
-from mimx.modalities.image.pretrain import sections
+from mimx.modalities.image.pretrain import pretrain, sections
 from mimx.patches import patchify, unpatchify
 from mimx.pos_embed import sincos_grid
 
@@ -190,6 +190,28 @@ def test_same_loss_as_transformers_beit_masked_image_modeling():
     torch.testing.assert_close(full.pred, theirs.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(full.loss, theirs.loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_beit_resume_under_bf16_pure_gives_identical_weights_and_codes(samples, tmp_path):
+    codes = torch.randn(32, 48, generator=torch.Generator().manual_seed(0))
+    path = save_codebook(tmp_path / "codes.safetensors", codes, {
+        "patch": [4, 4], "channels": 3,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
+
+    def run(run_dir, *extra):
+        args = [a for a in tiny_overrides(run_dir, samples, "method=beit", "masking.min_block=2", "train.steps=8",
+                                          "train.precision=bf16-pure", f"model.codebook={path}", *extra)
+                if not a.startswith("model.decoder_")]
+        return pretrain(compose("mimx.configs.image", "pretrain", args))
+
+    run(tmp_path / "full")
+    assert run(tmp_path / "split", "train.stop_at_step=3").step == 3
+    assert run(tmp_path / "split").step == 8
+    a = load_image_mae(tmp_path / "full").state_dict()
+    b = load_image_mae(tmp_path / "split").state_dict()
+    assert a.keys() == b.keys() and torch.equal(a["target.codebook"], codes)  # fp32 codes, never rounded
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_beit_recipe_fits_a_codebook_then_trains_views_probes_and_exports(samples, tmp_path):
