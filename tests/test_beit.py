@@ -206,7 +206,10 @@ def test_beit_resume_under_bf16_pure_gives_identical_weights_and_codes(samples, 
 
     run(tmp_path / "full")
     assert run(tmp_path / "split", "train.stop_at_step=3").step == 3
+    path.rename(tmp_path / "moved.safetensors")  # a started run carries its codes: it resumes without the file
     assert run(tmp_path / "split").step == 8
+    with pytest.raises(UserError, match="codes.safetensors does not exist"):  # a new run needs it
+        run(tmp_path / "new")
     a = load_image_mae(tmp_path / "full").state_dict()
     b = load_image_mae(tmp_path / "split").state_dict()
     assert a.keys() == b.keys() and torch.equal(a["target.codebook"], codes)  # fp32 codes, never rounded

@@ -59,6 +59,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
                         "damaged. Use another file, or train.resume=never to start over") from None
 
 
+def resume_path(resume: str, run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a run continues from: ``run_dir/checkpoints/last.pt`` for ``auto`` when it exists, the
+    given path otherwise, nothing for ``never``."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        path = Path(run_dir) / "checkpoints" / "last.pt"
+        return path if path.exists() else None
+    return Path(resume)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states as tensors and plain values (weights_only-safe)."""
     py = random.getstate()

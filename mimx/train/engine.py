@@ -198,13 +198,11 @@ class Trainer:
 
     def _resume(self) -> None:
         spec = self.cfg.resume
-        if spec == "never":
+        path = ckpt.resume_path(spec, self.run_dir)
+        if path is None:
             return
-        path = self.ckpt_path if spec == "auto" else Path(spec)
         if not path.exists():
-            if spec != "auto":
-                raise UserError(f"train.resume={spec} does not exist; give a checkpoint path, auto or never")
-            return
+            raise UserError(f"train.resume={spec} does not exist; give a checkpoint path, auto or never")
         state = ckpt.load(path, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path} is not a mimx training checkpoint (format {state.get('format')!r}); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from mimx.masking import MASKINGS
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config, load_image_codebook
+from mimx.train import checkpoint as ckpt
 from mimx.train.distributed import DistInfo
 from mimx.train.engine import StepContext, TrainConfig, TrainResult
 from mimx.train.launch import run_pretraining
@@ -95,6 +97,15 @@ def sections(cfg: DictConfig, *, check_tokens: bool = True) -> tuple[TrainConfig
     train = from_mapping(TrainConfig, cfg.train, "train")
     model_values = to_plain(cfg.model)
     model_values["masking"] = to_plain(cfg.masking)
+    codebook = model_values.get("codebook")
+    saved = ckpt.resume_path(train.resume, cfg.run.dir) if check_tokens else None
+    resuming = saved is not None and saved.exists()
+    if resuming and model_values.get("target") == "tokens" and not (codebook and Path(codebook).exists()):
+        # a run that has started carries its codes: it continues without the file it was started from
+        if codebook:
+            print(f"[mimx] codebook {codebook} is gone; the run continues with the codes in {saved}", file=sys.stderr)
+        vocab = model_values.get("vocab_size") or ckpt.load(saved)["meta"]["model_config"].get("vocab_size")
+        model_values.update(codebook=None, vocab_size=vocab)
     model = image_mae_config(model_values)
     data = from_mapping(ImageDataConfig, cfg.data, "data")
     if tuple(model.image_hw) != data.hw:
@@ -104,7 +115,7 @@ def sections(cfg: DictConfig, *, check_tokens: bool = True) -> tuple[TrainConfig
         raise UserError(f"model.in_chans={model.in_chans} but data.channels={data.channels}")
     if len(data.mean) != data.channels or len(data.std) != data.channels:
         raise UserError(f"data.mean and data.std need {data.channels} values, one per channel")
-    if model.target == "tokens" and check_tokens:
+    if model.target == "tokens" and check_tokens and not (resuming and model.codebook is None):
         check_codebook(model, data)
     return train, model, data
 
