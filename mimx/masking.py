@@ -275,6 +275,7 @@ class BlockMasking:
         self.min_block = min_block
         self.min_aspect = min_aspect
 
+    @torch.compiler.disable  # host code (numpy); under torch.compile the model runs it eagerly, between graphs
     def __call__(self, batch: int, num_tokens: int, layout, *, noise=None, generator=None, device=None) -> Mask:
         if noise is not None:
             raise ValueError("block masking is driven by a generator, not by a noise tensor")
