@@ -42,7 +42,7 @@ class ImageMAEConfig:
     decoder_mlp_ratio: float = 4.0
     norm_pix: bool = True
     loss: str = "mse"
-    encoder_mode: str = "drop"  # "drop" (MAE) or "mask_token" (SimMIM, MaskFeat)
+    encoder_mode: str = "drop"  # "drop" (MAE) or "mask_token" (SimMIM, MaskFeat, BEiT-style)
     target: str = "pixels"  # "pixels" (MAE, SimMIM), "hog" (MaskFeat) or "tokens" (BEiT-style)
     hog_cell: int = 8
     hog_bins: int = 9
