@@ -1,6 +1,7 @@
 # mimx: one command sets everything up for each job.
 #   make test   create .venv, install mimx with its test extras, lint, run the test suite (CI runs this)
 #   make demo   create .venv, build the embedded sample shards, pretrain a small image MAE on them
+#   make demo-beit   the same for BEiT-style: fit a codebook of the samples' patches, then pretrain on its ids
 #   make demo-video  the same for a small VideoMAE on the embedded real clips
 #   make demo-points the same for a small Point-MAE on clouds sampled from the embedded real meshes
 #   make demo-multimodal the same for a small MultiMAE on generated RGB / depth / segmentation scenes
@@ -8,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup samples test lint demo demo-video demo-points demo-multimodal clean
+.PHONY: setup samples test lint demo demo-beit demo-video demo-points demo-multimodal clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,12 @@ test: setup lint
 
 demo: samples
 	$(BIN)/mimx image pretrain experiment=demo
+
+demo-beit: samples
+	$(BIN)/mimx image codebook experiment=demo codebook.vocab_size=256 codebook.images=4000 \
+		codebook.out=runs/image_demo_beit/codebook.safetensors
+	$(BIN)/mimx image pretrain experiment=demo method=beit model.codebook=runs/image_demo_beit/codebook.safetensors \
+		run.dir=runs/image_demo_beit
 
 demo-video: samples
 	$(BIN)/mimx video pretrain experiment=demo
