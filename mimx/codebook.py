@@ -117,8 +117,8 @@ def save_codebook(path: str | os.PathLike, codes: torch.Tensor, meta: dict[str, 
     return path
 
 
-def read_codebook(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Codes ``[K, D]`` and metadata of a file written by :func:`save_codebook`."""
+def codebook_header(path: str | os.PathLike) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Shape of the codes and metadata of a file written by :func:`save_codebook`, without reading the codes."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -128,10 +128,19 @@ def read_codebook(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = {key: json.loads(value) for key, value in (f.metadata() or {}).items()}
-            codes = f.get_tensor("codes")
+            shape = tuple(f.get_slice("codes").get_shape())
     except Exception as exc:  # a safetensors error names neither the file nor the fix
         raise UserError(f"{path} is not a mimx codebook ({type(exc).__name__}: {exc}); refit it with "
                         "`mimx image codebook`") from exc
-    if codes.dim() != 2:
-        raise UserError(f"codebook {path} holds codes of shape {tuple(codes.shape)}, expected [codes, values]")
-    return codes, meta
+    if len(shape) != 2:
+        raise UserError(f"codebook {path} holds codes of shape {shape}, expected [codes, values]")
+    return shape, meta
+
+
+def read_codebook(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Codes ``[K, D]`` and metadata of a file written by :func:`save_codebook`."""
+    from safetensors import safe_open
+
+    _, meta = codebook_header(path)
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("codes"), meta

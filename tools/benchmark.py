@@ -668,6 +668,21 @@ def cmd_head(args: argparse.Namespace) -> None:
           f"{losses[0]:.6f} / {losses[1]:.6f}")
 
 
+def add_run_args(p: argparse.ArgumentParser, repeats: int | None = None) -> None:
+    """``--threads`` and ``--device`` (and ``--repeats`` when given a default) of the single-op benchmarks."""
+    if repeats is not None:
+        p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+
+
+def add_token_args(p: argparse.ArgumentParser) -> None:
+    """Image size, patch and codebook size of the BEiT-style benchmarks (ViT-B/16 on 224 px, 8,192 codes)."""
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=8192)
+
+
 def cmd_point_step(args: argparse.Namespace) -> None:
     """Point-MAE train step (forward, backward, AdamW) in clouds/s, per precision and ops backend."""
     from mimx.modalities.points import ops
@@ -847,46 +862,33 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p = sub.add_parser("head")
     p.add_argument("--model", default="base")
-    p.add_argument("--image", type=int, default=224)
-    p.add_argument("--patch", type=int, default=16)
-    p.add_argument("--vocab", type=int, default=8192)
+    add_token_args(p)
     p.add_argument("--mask-ratio", type=float, default=0.4)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    add_run_args(p)
     p = sub.add_parser("tokens")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--image", type=int, default=224)
-    p.add_argument("--patch", type=int, default=16)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    add_token_args(p)
+    add_run_args(p, repeats=5)
     p = sub.add_parser("hog")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--image", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    add_run_args(p, repeats=5)
     p = sub.add_parser("point-ops")
     p.add_argument("--clouds", type=int, default=32)
     p.add_argument("--points", type=int, default=1024)
     p.add_argument("--centres", type=int, default=64)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    add_run_args(p, repeats=5)
     p = sub.add_parser("point-step")
     p.add_argument("--model", default="small", choices=["tiny", "small", "base"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--points", type=int, default=1024)
     p.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    add_run_args(p, repeats=3)
     p = sub.add_parser("multimodal-step")
     p.add_argument("--model", default="tiny", choices=list(PRESET_SIZES))
     p.add_argument("--image", type=int, default=64)

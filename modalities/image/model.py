@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mimx.autoencoder import MaskedAutoencoder
-from mimx.codebook import read_codebook
+from mimx.codebook import codebook_header, read_codebook
 from mimx.config import UserError, from_mapping
 from mimx.masking import build_masking
 from mimx.patches import PatchTokenizer, unpatchify
@@ -134,7 +134,8 @@ class ImageMAE(MaskedAutoencoder):
         self.config = c
         self.reset_parameters()
         if isinstance(target, TokenTarget) and c.codebook:
-            target.load_codes(load_image_codebook(c.codebook, c)[0])
+            check_image_codebook(c.codebook, c)
+            target.load_codes(read_codebook(c.codebook)[0])
 
     def reset_parameters(self) -> None:
         init_mae_weights(self)
@@ -152,18 +153,18 @@ class ImageMAE(MaskedAutoencoder):
         return unpatchify(tokens, (p, p), grid, self.config.in_chans)
 
 
-def load_image_codebook(path: str, config: ImageMAEConfig) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Codes and metadata of a `mimx image codebook` file, checked against the model that will use them."""
-    codes, meta = read_codebook(path)
+def check_image_codebook(path: str, config: ImageMAEConfig) -> tuple[int, dict[str, Any]]:
+    """Code count and metadata of a `mimx image codebook` file (codes not read), checked against the model."""
+    shape, meta = codebook_header(path)
     p = config.patch_size
     if meta.get("patch") != [p, p] or meta.get("channels") != config.in_chans:
         raise UserError(f"codebook {path} was fitted on {meta.get('patch')} patches of {meta.get('channels')} "
                         f"channel(s), the model cuts {[p, p]} patches of {config.in_chans}; refit it with the "
                         "model's settings (`mimx image codebook` takes the same overrides as pretrain)")
-    if config.vocab_size is not None and codes.shape[0] != config.vocab_size:
-        raise UserError(f"codebook {path} holds {codes.shape[0]} codes but model.vocab_size={config.vocab_size}; "
-                        f"set model.vocab_size={codes.shape[0]} (or leave it unset)")
-    return codes, meta
+    if config.vocab_size is not None and shape[0] != config.vocab_size:
+        raise UserError(f"codebook {path} holds {shape[0]} codes but model.vocab_size={config.vocab_size}; "
+                        f"set model.vocab_size={shape[0]} (or leave it unset)")
+    return shape[0], meta
 
 
 def image_mae_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> ImageMAEConfig:
@@ -176,7 +177,7 @@ def image_mae_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> 
     values = apply_preset({**(cfg or {}), **overrides}, PRESETS)
     config = from_mapping(ImageMAEConfig, values, "model")
     if config.target == "tokens" and config.codebook and config.vocab_size is None:
-        config.vocab_size = int(load_image_codebook(config.codebook, config)[0].shape[0])
+        config.vocab_size = check_image_codebook(config.codebook, config)[0]
     return config
 
 

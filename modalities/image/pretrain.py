@@ -20,7 +20,7 @@ from mimx.data.stream import ShardStream
 from mimx.masking import MASKINGS
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
-from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, image_mae_config, load_image_codebook
+from mimx.modalities.image.model import ImageMAE, ImageMAEConfig, check_image_codebook, image_mae_config
 from mimx.train import checkpoint as ckpt
 from mimx.train.distributed import DistInfo
 from mimx.train.engine import StepContext, TrainConfig, TrainResult
@@ -125,7 +125,7 @@ def check_codebook(model: ImageMAEConfig, data: ImageDataConfig) -> None:
     if not model.codebook:
         raise UserError("model.target=tokens (method=beit) predicts codebook ids: fit a codebook with "
                         "`mimx image codebook <the same overrides>` and pass model.codebook=PATH")
-    _, meta = load_image_codebook(model.codebook, model)
+    _, meta = check_image_codebook(model.codebook, model)
     norm = meta.get("normalization", {})
     mean, std = list(norm.get("mean", [])), list(norm.get("std", []))
     same = len(mean) == len(data.mean) == len(std) and np.allclose(mean, data.mean) and np.allclose(std, data.std)
