@@ -1,12 +1,13 @@
 """Helper for test_train.py: train a few steps, once as 1 process and once as 2 torchrun processes.
 
 Every process count sees the same global batches of real MNIST sample images
-(rank r takes slice r), so DDP with the same global batch must give the same
-losses and weights as one process; so must gradient accumulation.
-Usage: ddp_equivalence.py SAMPLES OUT PER_RANK_BATCH [ACCUM_STEPS]
+(rank r takes slice r), so DDP or FSDP with the same global batch must give the
+same losses and weights as one process; so must gradient accumulation.
+Usage: ddp_equivalence.py SAMPLES OUT PER_RANK_BATCH [--accum N] [--strategy S] [--stop-at K] [--run-dir D]
+(with --run-dir the run resumes from D's last checkpoint, whichever strategy wrote it).
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
@@ -43,24 +44,34 @@ class GlobalBatches:
 
 
 def main() -> None:
-    samples, out, per_rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    accum = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    parser = argparse.ArgumentParser()
+    parser.add_argument("samples", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("per_rank", type=int)
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--strategy", default="auto")
+    parser.add_argument("--stop-at", type=int, default=None)
+    parser.add_argument("--run-dir", type=Path, default=None)
+    args = parser.parse_args()
+    samples, out, per_rank = args.samples, args.out, args.per_rank
     dist = init_distributed("cpu")
     data = ImageDataConfig(image_size=16)
     images = fixed_images(expand_shards(str(samples / "mnist")), ImageDecoder(data, train=False), 64)
     torch.manual_seed(0)
     model = mae_vit("tiny", img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=3, decoder_dim=32,
                     decoder_depth=1, decoder_heads=2)
-    cfg = TrainConfig(steps=6, batch_size=per_rank, accum_steps=accum, precision="fp32", device="cpu", log_every=1,
-                      ckpt_every=0, figure_every=0, progress=False, tensorboard=False, warmup_steps=1, base_lr=1e-3,
-                      resume="never", clip_grad=1.0)
-    run_dir = out.with_suffix("")
+    cfg = TrainConfig(steps=6, batch_size=per_rank, accum_steps=args.accum, precision="fp32", device="cpu",
+                      log_every=1, ckpt_every=0, figure_every=0, progress=False, tensorboard=False, warmup_steps=1,
+                      base_lr=1e-3, resume="never" if args.run_dir is None else "auto", clip_grad=1.0,
+                      strategy=args.strategy, stop_at_step=args.stop_at)
+    run_dir = args.run_dir or out.with_suffix("")
     loader = GlobalBatches(images, per_rank, dist.rank, dist.world)
     trainer = Trainer(cfg, model, loader, ImagePretrainTask(model.config, data), run_dir, 64, dist)
     trainer.fit()
     if dist.is_main:
         losses = torch.tensor([float(r["loss"]) for r in read_metrics(run_dir)])
-        torch.save({"losses": losses, "model": model.state_dict()}, out)
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+        torch.save({"losses": losses, "model": state["model"], "optimizer": state["optimizer"]}, out)
     shutdown()
 
 

@@ -19,6 +19,8 @@ from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mimx.modalities.image.pretrain import pretrain
 from mimx.train import checkpoint as ckpt
 from mimx.train.metrics import read_metrics
+from mimx.train.precision import Precision
+from mimx.train.sharding import resolve_strategy
 
 MIMX = [sys.executable, "-m", "mimx"]
 
@@ -115,13 +117,13 @@ def test_sigterm_stops_cleanly_and_rerun_continues(samples, tmp_path):
     assert result.step == step + 2
 
 
-def _equivalence_run(samples: Path, out: Path, per_rank: int, accum: int = 1, procs: int = 1) -> dict:
+def _equivalence_run(samples: Path, out: Path, per_rank: int, *options: str, procs: int = 1) -> dict:
     script = Path(__file__).with_name("ddp_equivalence.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable]
     if procs > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
-    proc = subprocess.run([*launch, str(script), str(samples), str(out), str(per_rank), str(accum)],
+    proc = subprocess.run([*launch, str(script), str(samples), str(out), str(per_rank), *options],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out)
@@ -137,16 +139,55 @@ def _assert_same_training(a: dict, b: dict) -> None:
 def test_two_process_ddp_and_accumulation_equal_one_big_batch(samples, tmp_path):
     one = _equivalence_run(samples, tmp_path / "one.pt", per_rank=8)
     _assert_same_training(one, _equivalence_run(samples, tmp_path / "two.pt", per_rank=4, procs=2))
-    _assert_same_training(one, _equivalence_run(samples, tmp_path / "accum.pt", per_rank=4, accum=2))
+    _assert_same_training(one, _equivalence_run(samples, tmp_path / "accum.pt", 4, "--accum=2"))
     # and the check can fail: a different global batch trains differently
     other = _equivalence_run(samples, tmp_path / "other.pt", per_rank=4)
     assert not torch.allclose(other["model"]["encoder.norm.weight"], one["model"]["encoder.norm.weight"])
 
 
-@pytest.mark.parametrize("method", ["mae", "beit"])
+def test_strategy_choices_and_what_fsdp_refuses(samples, tmp_path):
+    assert [resolve_strategy(s, 2) for s in ("auto", "ddp", "fsdp")] == ["ddp", "ddp", "fsdp"]
+    assert resolve_strategy("fsdp", 1) == "single"
+    with pytest.raises(UserError, match="train.strategy='zero3'; choose auto"):
+        resolve_strategy("zero3", 2)
+    with pytest.raises(UserError, match="use train.precision=bf16"):
+        Precision("fp16", torch.device("cuda"), sharded=True)
+    sharded = Precision("bf16-pure", torch.device("cpu"), sharded=True)
+    assert sharded.param_dtype == torch.bfloat16 and not sharded.keeps_masters
+    assert Precision("bf16-pure", torch.device("cpu")).keeps_masters
+    with pytest.raises(UserError, match="train.strategy"):
+        run(tiny_overrides(tmp_path, samples, "train.steps=1", "train.strategy=zero3"))
+
+
+def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_under_any_strategy(samples, tmp_path):
+    one = _equivalence_run(samples, tmp_path / "one.pt", per_rank=8)
+    fsdp = _equivalence_run(samples, tmp_path / "fsdp.pt", 4, "--strategy=fsdp", procs=2)
+    _assert_same_training(one, fsdp)
+    # the checkpoint FSDP wrote has the unsharded layout: whole tensors, AdamW state by parameter index
+    assert fsdp["optimizer"]["state"].keys() == one["optimizer"]["state"].keys()
+    for i, state in one["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(fsdp["optimizer"]["state"][i][name], state[name], rtol=1e-4, atol=1e-6)
+    assert [g["params"] for g in fsdp["optimizer"]["param_groups"]] == [
+        g["params"] for g in one["optimizer"]["param_groups"]]
+    # stopped under FSDP, continued under DDP (and the reverse): the same run as never stopped
+    for first, then in (("fsdp", "ddp"), ("ddp", "fsdp")):
+        run_dir = tmp_path / f"{first}-then-{then}"
+        half = _equivalence_run(samples, tmp_path / "half.pt", 4, f"--strategy={first}", "--stop-at=3",
+                                f"--run-dir={run_dir}", procs=2)
+        assert len(half["losses"]) == 3
+        _assert_same_training(one, _equivalence_run(samples, tmp_path / f"{first}-{then}.pt", 4,
+                                                    f"--strategy={then}", f"--run-dir={run_dir}", procs=2))
+
+
+@pytest.mark.parametrize("method", ["mae", "beit", "beit-fsdp"])
 def test_torchrun_cli_smoke(samples, tmp_path, method):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mimx"]
+    fsdp = method.endswith("-fsdp")
+    method = method.removesuffix("-fsdp")
     args = tiny_overrides(tmp_path, samples, "train.steps=4", "data.num_workers=1", f"method={method}")
+    if fsdp:  # sharded bf16 compute over fp32 master shards; figures drawn from the gathered weights
+        args += ["train.strategy=fsdp", "train.precision=bf16-pure", "train.figure_every=2"]
     if method == "beit":  # the codebook is the same on both ranks and is not re-sent every step
         codes = torch.randn(32, 48, generator=torch.Generator().manual_seed(0))
         path = save_codebook(tmp_path / "codes.safetensors", codes, {
@@ -161,6 +202,13 @@ def test_torchrun_cli_smoke(samples, tmp_path, method):
     assert state["step"] == 4 and len(state["ranks"]) == 2
     if method == "beit":
         assert torch.equal(state["model"]["target.codebook"], codes)
+    if fsdp:
+        assert "FSDP" in proc.stderr and "precision bf16-pure" in proc.stderr
+        assert state["model"]["encoder.blocks.0.attn.qkv.weight"].dtype == torch.float32  # the masters
+        assert state["model"]["target.codebook"].dtype == torch.float32
+        assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+            f"step-{s:07d}.png" for s in (0, 2, 4)]
+        assert (tmp_path / "model.safetensors").exists()
 
 
 def test_bf16_pure_trains_as_well_as_autocast(samples, tmp_path):

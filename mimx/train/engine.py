@@ -8,6 +8,7 @@ processes; lr = ``base_lr * global_batch / 256`` unless ``lr`` is set.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import signal
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mimx.config import UserError
 from mimx.train import checkpoint as ckpt
+from mimx.train import sharding
 from mimx.train.allocator import tune_cpu_allocator
 from mimx.train.distributed import DistInfo, all_reduce_mean, any_rank, gather_objects
 from mimx.train.metrics import MetricsLog
@@ -54,6 +56,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-pure (bf16 weights, fp32 masters) | fp16
     fused_attention: str | bool = "auto"  # auto (SDPA; matmul + softmax under autograd, bf16 on CPU) | true | false
     device: str = "auto"  # auto | cpu | cuda
+    strategy: str = "auto"  # auto (DDP) | ddp | fsdp (weights, gradients and optimizer state sharded; FSDP2)
     cpu_allocator: str = "auto"  # auto (heap on the CPU: no page faults for large tensors every step) | heap | system
     compile: bool | str = False  # false | true (torch.compile's default mode) | reduce-overhead | max-autotune
     grad_checkpointing: bool = False
@@ -144,7 +147,9 @@ class Trainer:
         self.config = config or {}
         self.device = dist.device
         self.allocator = tune_cpu_allocator(cfg.cpu_allocator, self.device)
-        self.precision = Precision(cfg.precision, self.device)
+        self.strategy = sharding.resolve_strategy(cfg.strategy, dist.world)
+        self.sharded = self.strategy == "fsdp"
+        self.precision = Precision(cfg.precision, self.device, sharded=self.sharded)
         if cfg.accum_steps < 1 or cfg.batch_size < 1:
             raise UserError("train.batch_size and train.accum_steps must be at least 1")
 
@@ -156,6 +161,10 @@ class Trainer:
         self.peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / 256
         self.schedule = WarmupCosine(self.peak_lr, self.total_steps, warmup, cfg.min_lr)
 
+        # FSDP: the main process keeps an unsharded CPU copy to draw figures with (loaded when one is drawn;
+        # train.figure_every=0 spares that memory)
+        twin = self.sharded and dist.is_main and bool(cfg.figure_every)
+        self.figure_model = copy.deepcopy(model).cpu() if twin else None
         self.model = model.to(self.device)
         if cfg.grad_checkpointing:
             for m in self.model.modules():
@@ -167,8 +176,11 @@ class Trainer:
             raise UserError(f"train.fused_attention={cfg.fused_attention!r}; choose auto, true or false")
         set_fused_attention(self.model, fused)
         mode = compile_mode(cfg.compile)  # a wrong value stops here, before a checkpoint is read
-        groups = param_groups(self.model, cfg.weight_decay)
         self.precision.attach(self.model)
+        if self.sharded:
+            sharding.shard(self.model, self.precision.param_dtype)
+        groups = param_groups(self.model, cfg.weight_decay)
+        self.param_names = [name for g in groups for name in g["names"]]  # the optimizer's order
         self.optimizer = build_adamw(self.precision.optimizer_groups(groups), self.peak_lr, tuple(cfg.betas),
                                      self.device)
         self.shared = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -181,7 +193,7 @@ class Trainer:
         self._resume()
 
         wrapped: nn.Module = self.model
-        if dist.enabled:
+        if self.strategy == "ddp":
             ids = [self.device.index] if self.device.type == "cuda" else None
             # buffers that never change (a token target's codebook) are the same on every rank: not re-sent each step
             constant = [f"{name}.{buffer}" for name, m in self.model.named_modules()
@@ -208,8 +220,12 @@ class Trainer:
             raise UserError(f"{path} is not a mimx training checkpoint (format {state.get('format')!r}); "
                             "point train.resume at a checkpoints/last.pt, or start over with train.resume=never")
         ckpt.check_compatible(state["meta"], self._meta(), path)
-        self.precision.load_model_state(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            sharding.load_model_state(self.model, state["model"])
+            sharding.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.param_names)
+        else:
+            self.precision.load_model_state(self.model, state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.precision.scaler.is_enabled():
             self.precision.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -233,8 +249,18 @@ class Trainer:
         if self.dist.is_main:
             print(f"[mimx] resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
 
-    def save(self, path: Path | None = None) -> Path:
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model state with fp32 weights (collective under FSDP: ``{}`` off the main process)."""
+        if self.sharded:
+            return sharding.full_model_state(self.model)
+        return self.precision.model_state(self.model)
+
+    def save(self, path: Path | None = None, model_state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write a full training checkpoint (collective: every rank must call it)."""
+        if model_state is None:
+            model_state = self.model_state()
+        optimizer_state = (sharding.full_optimizer_state(self.model, self.optimizer, self.param_names)
+                           if self.sharded else None)
         mine = {"rng": ckpt.rng_state(), "shared": self.shared.get_state(), "local": self.local.get_state(),
                 "host_shared": self.host_shared.get_state(), "host_local": self.host_local.get_state(),
                 "data": self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}}
@@ -247,8 +273,8 @@ class Trainer:
                 "config": self.config,
                 "step": self.step,
                 "total_steps": self.total_steps,
-                "model": self.precision.model_state(self.model),
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state if self.sharded else self.optimizer.state_dict(),
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler.is_enabled() else None,
                 "ranks": ranks,
             }
@@ -266,15 +292,24 @@ class Trainer:
                   "(send it again to stop at once)", file=sys.stderr)
 
     def _figure(self) -> None:
-        if not self.dist.is_main or not hasattr(self.task, "figure"):
+        """Draw the task's figure with the current weights (collective under FSDP, which gathers them)."""
+        if not hasattr(self.task, "figure"):
             return
-        was_training = self.model.training
-        self.model.eval()
+        model = self.model
+        if self.sharded:
+            state = sharding.full_model_state(self.model)
+            if self.figure_model is not None:
+                self.figure_model.load_state_dict(state)
+            model = self.figure_model
+        if not self.dist.is_main:
+            return
+        was_training = model.training
+        model.eval()
         try:
             with torch.no_grad(), self.precision.autocast():
-                self.task.figure(self.model, self.run_dir / "figures" / f"step-{self.step:07d}.png")
+                self.task.figure(model, self.run_dir / "figures" / f"step-{self.step:07d}.png")
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -293,10 +328,14 @@ class Trainer:
                    desc=self.task.modality)
         if main:
             print(f"[mimx] {self.task.modality} pretraining: {self.total_steps} steps of {self.global_batch} samples "
-                  f"({self.dist.world} process(es) x {cfg.batch_size} x {cfg.accum_steps} accumulation), "
+                  f"({self.dist.world} process(es) x {cfg.batch_size} x {cfg.accum_steps} accumulation"
+                  f"{'' if self.strategy == 'single' else ', ' + self.strategy.upper()}), "
                   f"peak lr {self.peak_lr:.3g}, precision {self.precision.label()}, "
                   f"device {self.device} ({self.allocator} allocator), run folder {self.run_dir}", file=sys.stderr)
-        if self.step == 0 and main and cfg.figure_every:
+            if cfg.strategy == "fsdp" and self.strategy == "single":
+                print("[mimx] train.strategy=fsdp with one process: nothing to shard, training unsharded "
+                      "(launch with torchrun --nproc-per-node=N to shard)", file=sys.stderr)
+        if self.step == 0 and cfg.figure_every:
             self._figure()
         self.model.train()
         data = iter(self.loader)
@@ -314,8 +353,9 @@ class Trainer:
                     ctx = StepContext(self.step, self.dist.rank, self.dist.world, self.device,
                                       self.shared, self.local, self.precision.input_dtype,
                                       host_shared=self.host_shared, host_local=self.host_local)
-                    # bf16-pure moves gradients to fp32 after every backward, so it reduces every micro-step
-                    sync = micro == cfg.accum_steps - 1 or not self.dist.enabled or self.precision.pure
+                    # bf16-pure moves gradients to fp32 after every backward, so it reduces every micro-step;
+                    # FSDP (no ``no_sync``) reduce-scatters every micro-step into the sharded gradients
+                    sync = micro == cfg.accum_steps - 1 or not self.dist.enabled or self.precision.keeps_masters
                     no_sync = getattr(self.wrapped, "no_sync", None)
                     with contextlib.nullcontext() if sync or no_sync is None else no_sync():
                         with self.precision.autocast():
@@ -366,19 +406,20 @@ class Trainer:
                 if cfg.keep_every and self.step % cfg.keep_every == 0:
                     self.save(self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt")
                 if cfg.figure_every and self.step % cfg.figure_every == 0 and not at_end:
-                    self._figure()
+                    self._figure()  # every rank: FSDP gathers the weights
                 if stopped:
                     break
         finally:
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        path = self.save()
+        final = self.model_state()
+        path = self.save(model_state=final)
+        if cfg.figure_every:
+            self._figure()
         if main:
-            if cfg.figure_every:
-                self._figure()
             if self.step >= self.total_steps:
-                self._export_weights()
+                self._export_weights(final)
             metrics.close()
             report = getattr(getattr(self.loader, "skips", None), "report", lambda: "")()
             state = "finished" if self.step >= self.total_steps else "stopped (run again to continue)"
@@ -391,10 +432,10 @@ class Trainer:
                 print(f"[mimx] data: {task_report()}", file=sys.stderr)
         return TrainResult(self.step, self.total_steps, last_loss, path, self.step < self.total_steps)
 
-    def _export_weights(self) -> None:
+    def _export_weights(self, state: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.precision.model_state(self.model).items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         tmp = self.run_dir / ".model.safetensors.tmp"
         meta = {"modality": self.task.modality, "format": "mimx-weights/1", "step": str(self.step),
                 **{k: json.dumps(v) for k, v in self.task.meta().items()}}

@@ -5,7 +5,9 @@
 outputs, residual stream) and keeps an fp32 master copy of every weight, its
 gradient and the optimizer state: gradients are added into fp32 after each
 backward, the optimizer updates the fp32 masters, and the bf16 weights are
-refreshed from them. Checkpoints hold the fp32 masters.
+refreshed from them. Checkpoints hold the fp32 masters. Under FSDP
+(``sharded``) the sharded fp32 weights are the masters and FSDP gathers them in
+bf16 for compute, so no separate copy is kept here.
 """
 
 from __future__ import annotations
@@ -46,9 +48,13 @@ def resolve_mode(spec: str, device: torch.device) -> str:
 class Precision:
     """Owns the autocast context, the loss scaler and (for ``bf16-pure``) the fp32 master weights."""
 
-    def __init__(self, spec: str, device: torch.device) -> None:
+    def __init__(self, spec: str, device: torch.device, sharded: bool = False) -> None:
         self.mode = resolve_mode(spec, device)
         self.device = device
+        self.sharded = sharded
+        if sharded and self.mode == "fp16":
+            raise UserError("train.strategy=fsdp trains in fp32, bf16 or bf16-pure; fp16 loss scaling of sharded "
+                            "gradients is not supported: use train.precision=bf16")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.mode == "fp16")
         self.masters: dict[str, torch.Tensor] = {}
         self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -65,6 +71,16 @@ class Precision:
         return self.mode == "bf16-pure"
 
     @property
+    def keeps_masters(self) -> bool:
+        """True when this object holds fp32 master weights (``bf16-pure`` without FSDP)."""
+        return self.pure and not self.sharded
+
+    @property
+    def param_dtype(self) -> torch.dtype | None:
+        """The dtype FSDP gathers weights in (``bf16-pure`` under FSDP), else ``None``."""
+        return torch.bfloat16 if self.pure and self.sharded else None
+
+    @property
     def input_dtype(self) -> torch.dtype:
         """The dtype a task should give the model's inputs."""
         return torch.bfloat16 if self.pure else torch.float32
@@ -78,8 +94,14 @@ class Precision:
         return True if self.device.type != "cpu" or self.mode == "fp32" else FUSED_UNLESS_GRAD
 
     def attach(self, model: nn.Module) -> None:
-        """For ``bf16-pure``: keep fp32 masters of the trainable weights, then cast the model to bf16."""
+        """For ``bf16-pure``: keep fp32 masters of the trainable weights, then cast the model to bf16
+        (under FSDP only the buffers: the weights stay fp32 shards, see :attr:`param_dtype`)."""
         if not self.pure:
+            return
+        if self.sharded:
+            from mimx.train.sharding import cast_buffers
+
+            cast_buffers(model, torch.bfloat16)
             return
         self.masters = {}
         for name, p in model.named_parameters():
@@ -93,7 +115,7 @@ class Precision:
 
     def optimizer_groups(self, groups: list[dict]) -> list[dict]:
         """Point parameter groups (built from the model, with ``names``) at the fp32 masters."""
-        if not self.pure:
+        if not self.keeps_masters:
             return groups
         return [{**g, "params": [self.masters[n] for n in g["names"]]} for g in groups]
 
@@ -105,7 +127,7 @@ class Precision:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
-        if not self.pure:
+        if not self.keeps_masters:
             return
         # move the bf16 gradients into the fp32 masters' and free them: the step's first backward
         # copies (a casting copy, no fp32 temporary and no zeroing pass), later micro-steps add
@@ -125,7 +147,7 @@ class Precision:
 
     def trainable(self, model: nn.Module) -> list[torch.Tensor]:
         """The tensors whose ``.grad`` the optimizer reads (for clipping)."""
-        if self.pure:
+        if self.keeps_masters:
             return [m for _, m in self._pairs]
         return [p for p in model.parameters() if p.requires_grad]
 
@@ -135,7 +157,7 @@ class Precision:
             nn.utils.clip_grad_norm_(self.trainable(model), clip)
         self.scaler.step(optimizer)
         self.scaler.update()
-        if self.pure:
+        if self.keeps_masters:
             with torch.no_grad():
                 torch._foreach_copy_([p for p, _ in self._pairs], [m for _, m in self._pairs])
             self._first_backward = True  # the next backward overwrites the masters' gradients
@@ -149,7 +171,7 @@ class Precision:
 
     def load_model_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         model.load_state_dict(state)
-        if self.pure:
+        if self.keeps_masters:
             with torch.no_grad():
                 for name, master in self.masters.items():
                     master.copy_(state[name])

@@ -78,6 +78,8 @@ class CrossAttention(nn.Module):
 class CrossBlock(nn.Module):
     """Pre-norm cross-attention of queries to context tokens, then an MLP (MultiMAE's output adapter block)."""
 
+    shard_unit = True  # FSDP shards it as one unit, like a transformer block
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm_q, self.norm_ctx = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
