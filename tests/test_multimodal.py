@@ -340,6 +340,38 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
         evaluate(compose("mimx.configs.multimodal", "eval", ["probe=semseg", "head.kind=mlp", *common]))
 
 
+def test_export_one_input_as_a_timm_vit(scenes, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from mimx.modalities.multimodal.evaluate import load_multimae
+    from mimx.timm_vit import build_timm_vit
+
+    run_dir = tmp_path / "run"
+    pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(run_dir, scenes, "train.steps=2",
+                                                                        "train.figure_every=0")))
+    model = load_multimae(str(run_dir))
+    cfg = MultiDataConfig(shards=f"{scenes}/scenes/test", image_size=32, shuffle=0)
+    batch = next(iter(multi_stream(cfg, MultiDecoder(cfg, model.specs, train=False), batch_size=2, epochs=1)))
+    for name in ("rgb", "depth"):
+        out = tmp_path / name
+        assert main(["multimodal", "export", str(run_dir), str(out), "--input", name]) == 0
+        info = json.loads((out / "input.json").read_text())
+        assert info["modality"] == name and info["channels"] == (3 if name == "rgb" else 1)
+        vit = build_timm_vit(json.loads((out / "timm_vit.json").read_text()), num_classes=5).eval()
+        missing, unexpected = vit.load_state_dict(load_file(str(out / "encoder.safetensors")), strict=False)
+        assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
+        raw = batch[name]  # real maps of the test split, prepared as input.json says
+        ready = model.prepare({name: raw})[name]
+        with torch.no_grad():
+            torch.testing.assert_close(vit.forward_features(ready), model.encode({name: raw}, [name]),
+                                       rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert main(["multimodal", "export", str(run_dir), str(tmp_path / "semseg"), "--input", "semseg"]) == 2
+    assert "class ids through an embedding" in capsys.readouterr().err
+    assert main(["multimodal", "export", str(run_dir), str(tmp_path / "normals"), "--input", "normals"]) == 2
+    assert "not an input modality" in capsys.readouterr().err
+
+
 def test_loss_falls_on_generated_scenes(scenes, tmp_path):
     run_dir = tmp_path / "run"
     pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(run_dir, scenes, "train.steps=30",

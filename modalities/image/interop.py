@@ -3,7 +3,6 @@ encoder to a plain timm ViT."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -13,6 +12,7 @@ from mimx.config import UserError
 from mimx.interop import check_hf_blocks, normalise_hf_keys, pop_hf_blocks
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from mimx.pos_embed import sincos_grid
+from mimx.timm_vit import build_timm_vit, load_timm_vit, timm_vit_state
 
 
 def _mlp_ratio(name: str, width: int, inner: int) -> float:
@@ -141,40 +141,14 @@ def timm_kwargs(config: ImageMAEConfig) -> dict[str, Any]:
     )
 
 
-def build_timm_vit(kwargs: dict[str, Any], **overrides: Any) -> nn.Module:
-    """A timm ``VisionTransformer`` from :func:`timm_kwargs` (plus e.g. ``num_classes``, ``drop_path_rate``)."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    kw = {**kwargs, **overrides}
-    eps = kw.pop("norm_eps", 1e-6)
-    kw["img_size"] = tuple(kw["img_size"])
-    return VisionTransformer(norm_layer=functools.partial(nn.LayerNorm, eps=eps), **kw)
-
-
 def timm_state_dict(mae: ImageMAE) -> dict[str, torch.Tensor]:
     """Encoder weights under timm ViT names; the fixed sin-cos table becomes ``pos_embed``."""
     c = mae.config
     h, w = c.image_hw
-    grid = (h // c.patch_size, w // c.patch_size)
-    pos = torch.cat([torch.zeros(1, c.embed_dim), sincos_grid(grid, c.embed_dim)], dim=0).unsqueeze(0)
-    state = {"cls_token": mae.encoder.cls_token, "pos_embed": pos,
-             "patch_embed.proj.weight": mae.tokenizer.proj.weight,
-             "patch_embed.proj.bias": mae.tokenizer.proj.bias}
-    for name, value in mae.encoder.named_parameters():
-        if name.startswith(("blocks.", "norm.")):
-            state[name] = value
-    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+    return timm_vit_state(mae.encoder, mae.tokenizer.proj,
+                          sincos_grid((h // c.patch_size, w // c.patch_size), c.embed_dim))
 
 
 def to_timm(mae: ImageMAE, **overrides: Any) -> nn.Module:
     """A timm ``VisionTransformer`` holding the mimx encoder; loads with no missing or unexpected keys."""
-    vit = build_timm_vit(timm_kwargs(mae.config), **overrides)
-    state = timm_state_dict(mae)
-    target = vit.state_dict()
-    if "norm.weight" not in target and "fc_norm.weight" in target:  # avg pooling: the final norm follows the pool
-        state = {("fc_norm." + k[5:] if k.startswith("norm.") else k): v for k, v in state.items()}
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]  # a new classifier head is expected
-    if missing or unexpected:
-        raise RuntimeError(f"timm export mismatch: missing {missing}, unexpected {unexpected}")
-    return vit
+    return load_timm_vit(build_timm_vit(timm_kwargs(mae.config), **overrides), timm_state_dict(mae))
