@@ -8,10 +8,11 @@ and a row of the run's ``metrics.csv``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.shards import expand_shards
-from mimx.data.split import FilteredDecoder, SplitFilter, count_kept
+from mimx.data.split import FilteredDecoder, KeyShare, SplitFilter, count_kept
 from mimx.data.stream import Decoder, MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
 from mimx.evaluation import accuracy, knn_predict, probe_predict, train_attentive_probe, train_linear_probe
+from mimx.train.distributed import DistInfo, gather_objects, init_distributed
 from mimx.train.finetune import FinetuneConfig, finetune, predict
 from mimx.train.metrics import MetricsLog
 from mimx.train.precision import Precision
@@ -102,6 +104,12 @@ class EvalData:
                       "val": SplitFilter("val", carve, 1.0, cfg.split_seed) if cfg.val is None else SplitFilter("all"),
                       "test": SplitFilter("all")}
         self._memory: dict[str, list | None] = {}
+        self.rank, self.world = 0, 1  # several processes: see share()
+
+    def share(self, dist: DistInfo) -> None:
+        """Split the work over ``dist``'s processes: training streams read their own shards (or in-memory
+        samples) without end; one-pass parts decode their own share of the keys (:class:`KeyShare`)."""
+        self.rank, self.world = dist.rank, dist.world
 
     def frozen_features(self, featurize: Callable[[dict[str, Any]], torch.Tensor], protocol: str
                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -110,6 +118,16 @@ class EvalData:
         budget = FeatureBudget(self.cfg)
         return {part: extract_features(self.batches(part), featurize, feature_dtype(protocol), budget, part)
                 for part in ("train", "val", "test")}
+
+    def skipped(self) -> dict[str, Any]:
+        """Skipped samples of every process together (collective when shared)."""
+        if self.world == 1:
+            return self.skips.state_dict()
+        total = SkipLog()
+        for state in gather_objects(self.skips.state_dict()):
+            total.count += state["count"]
+            total.examples += state["examples"][: max(0, total.keep - len(total.examples))]
+        return total.state_dict()
 
     def urls(self, part: str) -> list[str]:
         """The shards a part is read from."""
@@ -125,19 +143,32 @@ class EvalData:
         return self._memory[part]
 
     def batches(self, part: str, *, train_transform: bool = False, batch_size: int | None = None,
-                seed: int = 0) -> StreamLoader:
-        """One pass over a part: deterministic views in file order, or (``train_transform``) shuffled augmentations."""
+                seed: int = 0, endless: bool = False) -> StreamLoader:
+        """One pass over a part: deterministic views in file order, or (``train_transform``) shuffled augmentations.
+
+        ``endless``: a stream without end of this process's own shards or samples (training on several
+        processes); otherwise, with several processes, one pass over this process's share of the keys.
+        """
         urls = self.urls(part)
         decoder = self.make_decoder(train_transform)
-        kwargs = dict(batch_size=batch_size or self.cfg.batch_size, shuffle=2000 if train_transform else 0,
-                      seed=seed, epochs=1)
+        kwargs: dict[str, Any] = dict(batch_size=batch_size or self.cfg.batch_size,
+                                      shuffle=2000 if train_transform else 0, seed=seed, epochs=None if endless else 1)
+        if endless:
+            kwargs.update(rank=self.rank, world=self.world)
+        elif self.world > 1:
+            decoder = FilteredDecoder(decoder, KeyShare(self.rank, self.world))
+        readers = self.world if endless else 1
         samples = self._in_memory(part)
         if samples is not None:
             stream: ShardStream = MemoryStream(samples, decoder, **kwargs)
-            workers = min(self.cfg.num_workers, len(samples))
+            workers = max(1, min(self.cfg.num_workers, len(samples) // readers))
         else:
+            if len(urls) < readers:
+                raise UserError(f"training on {readers} processes needs at least {readers} shards of the {part} "
+                                f"part, which has {len(urls)}: write smaller shards, or raise data.cache_mb so the "
+                                "part is held in memory and split by sample")
             stream = ShardStream(urls, FilteredDecoder(decoder, self.parts[part]), **kwargs)
-            workers = min(self.cfg.num_workers, len(urls))
+            workers = max(1, min(self.cfg.num_workers, len(urls) // readers))
         loader = StreamLoader(stream, num_workers=workers, prefetch_factor=4)
         loader.skips = self.skips  # one report for the whole evaluation
         return loader
@@ -236,14 +267,38 @@ def frozen_precision(model: torch.nn.Module, precision: str, device: torch.devic
     return chosen
 
 
+def eval_processes(device: str, protocol: str) -> DistInfo:
+    """This process's place when launched by torchrun (``finetune`` only), or a single process."""
+    dist = init_distributed(device)
+    if dist.world > 1 and protocol != "finetune":
+        raise UserError(f"eval {protocol} runs as one process (frozen features are read once); launch it without "
+                        "torchrun. Fine-tuning (eval finetune) runs on several")
+    return dist
+
+
+def scored(model: torch.nn.Module, batches: Iterable[Any], prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+           precision: Precision, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict` over this process's share of a part, then every process's shares together."""
+    pred, labels = predict(model, batches, prepare, precision)
+    if world == 1:
+        return pred, labels
+    shares = gather_objects((pred, labels))
+    return torch.cat([p for p, _ in shares]), torch.cat([y for _, y in shares])
+
+
 def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData, *, depth: int,
                       num_classes: int | None, prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
                       device: torch.device, seed: int, eval_batch_size: int | None = None,
-                      build: Callable[[int], torch.nn.Module] | None = None) -> dict[str, Any]:
+                      build: Callable[[int], torch.nn.Module] | None = None,
+                      dist: DistInfo | None = None) -> dict[str, Any]:
     """Fine-tune on ``train``, keep the best ``val`` epoch, score ``test`` once; returns the result fields.
 
     ``build(num_classes)`` makes the classifier once the class count is known (else ``model`` is it).
+    With ``dist`` (torchrun), the processes train with DDP on their own shards, an epoch being
+    ``train samples / global batch`` steps, and score their shares of val and test together.
     """
+    dist = dist or DistInfo()
+    data.share(dist)
     train_labels = data.labels("train")
     num_classes = num_classes or int(train_labels.max()) + 1
     check_labels(train_labels, num_classes, "train")
@@ -251,18 +306,29 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
     if counts["train"] == 0 or counts["val"] == 0:
         raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
     classifier = build(num_classes) if build is not None else model
+    steps = max(1, counts["train"] // (ft.batch_size * dist.world))
+    if dist.world == 1:
+        def train_epoch(epoch: int):
+            return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed + epoch)
+    else:  # equal step counts on every process, whatever each one's shards hold
+        stream = iter(data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed, endless=True))
 
-    def train_epoch(epoch: int):
-        return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed + epoch)
+        def train_epoch(epoch: int):
+            return itertools.islice(stream, steps)
+
+    def val_scores(model: torch.nn.Module, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+        return scored(model, data.batches("val", batch_size=eval_batch_size), prepare, precision, dist.world)
 
     best = finetune(classifier, ft, depth=depth, num_classes=num_classes, train_epoch=train_epoch,
-                    val_batches=lambda: data.batches("val", batch_size=eval_batch_size), prepare=prepare,
-                    steps_per_epoch=max(1, counts["train"] // ft.batch_size), device=device, seed=seed)
+                    val_scores=val_scores, prepare=prepare, steps_per_epoch=steps, device=device, seed=seed,
+                    dist=dist)
     # finetune() hands back an fp32 model: score it under autocast (bf16-pure trained models included)
     test_precision = Precision.for_fp32_model(ft.precision, device)
-    pred, labels = predict(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision)
+    pred, labels = scored(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision,
+                          dist.world)
     return dict(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
-                test_samples=counts["test"], val_top1=best.best_val_top1, test_top1=accuracy(pred, labels),
+                test_samples=counts["test"], test_scored=len(labels), val_top1=best.best_val_top1,
+                test_top1=accuracy(pred, labels),
                 chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -152,3 +153,33 @@ def test_eval_commands_end_to_end_on_mnist(samples, tiny_run, protocol, extra):
     assert result["test_top1"] > 30.0, result  # chance is 10 %
     metrics = (tiny_run / "metrics.csv").read_text()
     assert f"eval-{protocol}-pretrained/test_top1" in metrics.splitlines()[0]
+
+
+def test_key_shares_split_every_key_once():
+    from mimx.data.split import KeyShare
+
+    keys = [f"sample-{i:05d}" for i in range(3000)]
+    shares = [{k for k in keys if KeyShare(rank, 3)(k)} for rank in range(3)]
+    assert sum(len(s) for s in shares) == len(keys) and set().union(*shares) == set(keys)
+    assert all(900 < len(s) < 1100 for s in shares)
+
+
+@pytest.mark.parametrize("cache_mb", [1024, 0])  # training part in memory (split by sample) or streamed (by shard)
+def test_finetune_on_two_processes(samples, tiny_run, tmp_path, cache_mb):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mimx"]
+    args = ["image", "eval", "finetune", f"checkpoint={tiny_run}", f"data.train={samples}/mnist",
+            f"data.test={samples}/mnist_test", f"run.dir={tmp_path}", "finetune.epochs=3", "finetune.warmup_epochs=1",
+            "finetune.base_lr=1e-2", "finetune.batch_size=32", "data.label_fraction=0.5", "data.scale=[0.8,1.0]",
+            "data.hflip=0", "data.num_workers=1", f"data.cache_mb={cache_mb}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*torchrun, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "eval-finetune-pretrained.json").read_text())
+    # every test digit scored exactly once over the two processes' shares
+    assert result["test_samples"] == result["test_scored"] == 1000
+    assert len(result["history"]) == 3 and result["test_top1"] > 30.0, result  # chance is 10 %
+    assert proc.stderr.count("[mimx] finetune epoch 3/3") == 1  # one process reports
+    if cache_mb:  # frozen-feature protocols stay on one process, with a clear message
+        knn = subprocess.run([*torchrun, *args[:2], "knn", *args[3:6]], capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert knn.returncode != 0 and "eval knn runs as one process" in knn.stderr

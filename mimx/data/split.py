@@ -52,6 +52,18 @@ class SplitFilter:
         return not is_val and in_fraction(key, self.label_fraction, f"labels-{self.seed}")
 
 
+class KeyShare:
+    """The keys process ``rank`` of ``world`` scores when several share a one-pass part: a stable hash of
+    the key, so the shares are disjoint, cover every key and need no coordination."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank = rank
+        self.world = world
+
+    def __call__(self, key: str) -> bool:
+        return zlib.crc32(f"share/{key}".encode()) % self.world == self.rank
+
+
 class FilteredDecoder:
     """A stream decoder that drops, before decoding, the samples ``keep(key)`` rejects."""
 

@@ -248,7 +248,8 @@ class ShardStream(IterableDataset):
 class MemoryStream(ShardStream):
     """A :class:`ShardStream` over raw samples already in memory (a small subset read once).
 
-    Worker ``w`` of ``n`` reads samples ``w, w + n, ...``; the shuffle buffer,
+    Rank ``r`` of ``R`` keeps samples ``r, r + R, ...`` and its worker ``w`` of ``n`` every ``n``-th of
+    those, from the ``w``-th on; the shuffle buffer,
     per-sample random streams, batching and positions work as for shards.
     """
 
@@ -257,11 +258,11 @@ class MemoryStream(ShardStream):
         self.samples = list(samples)
 
     def check_split(self, num_workers: int) -> None:
-        if len(self.samples) < max(1, num_workers):
+        if len(self.samples) < self.world * max(1, num_workers):
             raise UserError(f"{len(self.samples)} sample(s) in memory for {num_workers} workers; use fewer workers")
 
     def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
-        return iter(self.samples[worker::num_workers])
+        return iter(self.samples[self.rank :: self.world][worker::num_workers])
 
 
 def read_file_list(path: str | os.PathLike) -> list[tuple[Path, int]]:

@@ -3,7 +3,8 @@
 AdamW with layer-wise lr decay, drop-path, label smoothing, optional
 mixup/cutmix, warm-up then cosine per step. Each epoch ends with a validation
 pass; the weights of the best validation epoch are kept (the test split is the
-caller's, to be scored once with them).
+caller's, to be scored once with them). Under torchrun the processes train
+one model with DDP (lr scaled by the global batch).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mimx.train.allocator import tune_cpu_allocator
+from mimx.train.distributed import DistInfo, all_reduce_mean
 from mimx.train.optim import WarmupCosine, build_adamw, param_groups
 from mimx.train.precision import Precision
 
@@ -88,26 +91,42 @@ def predict(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], t
             logits = model(x.to(precision.input_dtype))
         preds.append(logits.float().argmax(1).cpu())
         labels.append(y.cpu())
+    if not preds:  # a process whose share of the part is empty
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(preds), torch.cat(labels)
 
 
+Scores = Callable[[nn.Module, Precision], tuple[torch.Tensor, torch.Tensor]]
+
+
 def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: int,
-             train_epoch: Callable[[int], Iterable[Any]], val_batches: Callable[[], Iterable[Any]],
+             train_epoch: Callable[[int], Iterable[Any]], val_scores: Scores,
              prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
-             device: torch.device, seed: int = 0, log: Callable[[str], None] | None = None) -> FinetuneResult:
-    """Fine-tune ``model`` (a timm ViT with a classifier head) and keep its best validation epoch."""
+             device: torch.device, seed: int = 0, log: Callable[[str], None] | None = None,
+             dist: DistInfo | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` (a timm ViT with a classifier head) and keep its best validation epoch.
+
+    ``val_scores(model, precision)`` gives predictions and labels of the whole validation part (the same
+    on every process). With ``dist`` spanning several processes the steps run under DDP.
+    """
+    dist = dist or DistInfo()
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
 
-    log = log or (lambda text: print(text, file=sys.stderr))
+    if log is None:
+        log = (lambda text: print(text, file=sys.stderr)) if dist.is_main else (lambda text: None)
     torch.manual_seed(seed)
     tune_cpu_allocator(cfg.cpu_allocator, device)
     model.to(device)
     precision = Precision(cfg.precision, device)
     groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, depth)
     precision.attach(model)
-    peak = cfg.base_lr * cfg.batch_size / 256
+    peak = cfg.base_lr * cfg.batch_size * dist.world / 256
     optimizer = build_adamw(precision.optimizer_groups(groups), peak, (0.9, 0.999), device)
+    trained: nn.Module = model
+    if dist.enabled:  # DDP starts every process from rank 0's weights (the new head included)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(seed + 1000 * dist.rank)  # own drop-path and mixup draws per process
     total = max(1, cfg.epochs * steps_per_epoch)
     schedule = WarmupCosine(peak, total, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
     mixup = None
@@ -121,7 +140,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        start, seen, running = time.perf_counter(), 0, 0.0
+        start, seen, running = time.perf_counter(), 0, torch.zeros((), device=device)
         for batch in train_epoch(epoch):
             x, y = prepare(batch)
             if mixup is not None and len(x) % 2 == 0:
@@ -130,22 +149,22 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
                 soft = None
             schedule.apply(optimizer, min(step, total - 1))
             with precision.autocast():
-                logits = model(x.to(precision.input_dtype))
+                logits = trained(x.to(precision.input_dtype))
                 if soft is not None:
                     loss = soft_loss(logits.float(), soft)
                 else:
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             precision.backward(loss)
             precision.step(optimizer, model, cfg.clip_grad)
-            running += float(loss.detach()) * len(x)
+            running += loss.detach().float() * len(x)  # no host sync per step
             seen += len(x)
             step += 1
-        pred, labels = predict(model, val_batches(), prepare, precision)
+        train_loss = float(all_reduce_mean(running / max(1, seen)))
+        pred, labels = val_scores(model, precision)
         val = 100.0 * float((pred == labels).float().mean())
-        history.append({"epoch": epoch, "train_loss": running / max(1, seen), "val_top1": val,
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_top1": val,
                         "seconds": time.perf_counter() - start})
-        log(f"[mimx] finetune epoch {epoch}/{cfg.epochs}: train loss {running / max(1, seen):.4f}, "
-            f"val top-1 {val:.2f}%")
+        log(f"[mimx] finetune epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, val top-1 {val:.2f}%")
         if best is None or val > best.best_val_top1:
             best = FinetuneResult(epoch, val, copy.deepcopy(precision.model_state(model)))
     assert best is not None

@@ -20,12 +20,13 @@ from mimx.protocols import (
     EvalSplitConfig,
     check_choice,
     checkpoint_step,
+    eval_processes,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
     write_result,
 )
-from mimx.train.distributed import pick_device
+from mimx.train.distributed import shutdown
 from mimx.train.finetune import FinetuneConfig
 from mimx.train.precision import Precision
 
@@ -87,7 +88,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.pool not in ("cls", "mean"):
         raise UserError(f"pool={cfg.pool!r}; choose cls or mean")
     data_cfg = from_mapping(EvalDataConfig, cfg.data, "data")
-    device = pick_device(cfg.device)
+    dist = eval_processes(cfg.device, protocol)
+    device = dist.device
     torch.manual_seed(cfg.seed)
     mae, step = _load_encoder(cfg, encoder_kind)
     data, normalizer = image_eval_data(data_cfg, mae.config.image_hw, mae.config.in_chans, mae.normalization)
@@ -112,8 +114,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
-            seed=cfg.seed, build=lambda n: to_timm(mae, num_classes=n, drop_path_rate=ft.drop_path, global_pool=pool)))
+            seed=cfg.seed, dist=dist,
+            build=lambda n: to_timm(mae, num_classes=n, drop_path_rate=ft.drop_path, global_pool=pool)))
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["skipped"] = data.skips.state_dict()
-    write_result(cfg, result)
+    result["skipped"] = data.skipped()
+    if dist.is_main:
+        write_result(cfg, result)
+    shutdown()
     return result

@@ -28,12 +28,13 @@ from mimx.protocols import (
     EvalSplitConfig,
     check_choice,
     checkpoint_step,
+    eval_processes,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
     write_result,
 )
-from mimx.train.distributed import pick_device
+from mimx.train.distributed import shutdown
 from mimx.train.finetune import FinetuneConfig
 
 PROTOCOLS = ("svm", "linear", "knn", "attentive", "finetune")
@@ -79,7 +80,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_choice(protocol, PROTOCOLS, "protocol", "mimx points eval svm ...")
     check_choice(encoder_kind, ENCODERS, "encoder")
     data_cfg = from_mapping(PointEvalDataConfig, cfg.data, "data")
-    device = pick_device(cfg.device)
+    dist = eval_processes(cfg.device, protocol)
+    device = dist.device
     torch.manual_seed(cfg.seed)
     mae = _load(cfg)
     frozen = protocol != "finetune"  # frozen features come from the plain cloud: one view
@@ -111,10 +113,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
-            seed=cfg.seed, eval_batch_size=max(1, ft.batch_size // data_cfg.test_votes),
+            seed=cfg.seed, dist=dist, eval_batch_size=max(1, ft.batch_size // data_cfg.test_votes),
             build=lambda n: PointClassifier(mae, n, drop_path=ft.drop_path)), votes=data_cfg.test_votes)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["skipped"] = data.skips.state_dict()
+    result["skipped"] = data.skipped()
     result["model"] = mae.config.name
-    write_result(cfg, result)
+    if dist.is_main:
+        write_result(cfg, result)
+    shutdown()
     return result

@@ -28,12 +28,13 @@ from mimx.protocols import (
     EvalSplitConfig,
     check_choice,
     checkpoint_step,
+    eval_processes,
     finetune_protocol,
     frozen_precision,
     frozen_protocol,
     write_result,
 )
-from mimx.train.distributed import pick_device
+from mimx.train.distributed import shutdown
 from mimx.train.finetune import FinetuneConfig
 
 PROTOCOLS = ("knn", "linear", "attentive", "finetune")
@@ -84,7 +85,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_choice(protocol, PROTOCOLS, "protocol", "mimx video eval linear ...")
     check_choice(encoder_kind, ENCODERS, "encoder")
     data_cfg = from_mapping(VideoEvalDataConfig, cfg.data, "data")
-    device = pick_device(cfg.device)
+    dist = eval_processes(cfg.device, protocol)
+    device = dist.device
     torch.manual_seed(cfg.seed)
     mae = _load(cfg)
     data, normalizer = video_eval_data(data_cfg, mae)
@@ -120,10 +122,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
-            seed=cfg.seed, eval_batch_size=max(1, ft.batch_size // views),
+            seed=cfg.seed, dist=dist, eval_batch_size=max(1, ft.batch_size // views),
             build=lambda n: VideoClassifier(mae, n, drop_path=ft.drop_path)))
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["skipped"] = data.skips.state_dict()
+    result["skipped"] = data.skipped()
     result["model"] = mae.config.name
-    write_result(cfg, result)
+    if dist.is_main:
+        write_result(cfg, result)
+    shutdown()
     return result
