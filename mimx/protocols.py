@@ -8,6 +8,7 @@ and a row of the run's ``metrics.csv``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -290,12 +291,13 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
                       num_classes: int | None, prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
                       device: torch.device, seed: int, eval_batch_size: int | None = None,
                       build: Callable[[int], torch.nn.Module] | None = None,
-                      dist: DistInfo | None = None) -> dict[str, Any]:
+                      dist: DistInfo | None = None, state_path: Path | None = None) -> dict[str, Any]:
     """Fine-tune on ``train``, keep the best ``val`` epoch, score ``test`` once; returns the result fields.
 
     ``build(num_classes)`` makes the classifier once the class count is known (else ``model`` is it).
     With ``dist`` (torchrun), the processes train with DDP on their own shards, an epoch being
     ``train samples / global batch`` steps, and score their shares of val and test together.
+    ``state_path``: the per-epoch state (:func:`finetune_state_path`) a rerun continues from.
     """
     dist = dist or DistInfo()
     data.share(dist)
@@ -307,21 +309,27 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
         raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
     classifier = build(num_classes) if build is not None else model
     steps = max(1, counts["train"] // (ft.batch_size * dist.world))
+    loader = None
     if dist.world == 1:
         def train_epoch(epoch: int):
             return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed + epoch)
     else:  # equal step counts on every process, whatever each one's shards hold
-        stream = iter(data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed, endless=True))
+        loader = data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed, endless=True)
+        stream: list = []  # started at the first epoch, after a resumed run has positioned the loader
 
         def train_epoch(epoch: int):
-            return itertools.islice(stream, steps)
+            if not stream:
+                stream.append(iter(loader))
+            return itertools.islice(stream[0], steps)
 
     def val_scores(model: torch.nn.Module, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
         return scored(model, data.batches("val", batch_size=eval_batch_size), prepare, precision, dist.world)
 
     best = finetune(classifier, ft, depth=depth, num_classes=num_classes, train_epoch=train_epoch,
                     val_scores=val_scores, prepare=prepare, steps_per_epoch=steps, device=device, seed=seed,
-                    dist=dist)
+                    dist=dist, state_path=state_path, train_loader=loader)
+    if best.stopped_at_epoch is not None:
+        return {"stopped_at_epoch": best.stopped_at_epoch, "epochs": ft.epochs}
     # finetune() hands back an fp32 model: score it under autocast (bf16-pure trained models included)
     test_precision = Precision.for_fp32_model(ft.precision, device)
     pred, labels = scored(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision,
@@ -330,6 +338,17 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
                 test_samples=counts["test"], test_scored=len(labels), val_top1=best.best_val_top1,
                 test_top1=accuracy(pred, labels),
                 chosen={"epoch": best.best_epoch}, finetune=asdict(ft), history=best.history)
+
+
+def finetune_state_path(cfg: DictConfig, dist: DistInfo) -> Path:
+    """Where ``eval finetune`` keeps its per-epoch state: one file per setup (the whole eval config but
+    the stop/resume keys and run.dir, and the process count), so only the same fine-tuning continues."""
+    plain = to_plain(cfg)
+    for section, key in (("finetune", "stop_at_epoch"), ("finetune", "resume"), ("run", "dir")):
+        plain.get(section, {}).pop(key, None)
+    digest = hashlib.sha1(json.dumps({"config": plain, "world": dist.world}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:10]
+    return run_dir_of(cfg) / "checkpoints" / f"finetune-{cfg.encoder}-{digest}.pt"
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, part: str) -> None:
@@ -436,8 +455,15 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 
 def write_result(cfg: DictConfig, result: dict[str, Any]) -> Path:
-    """``eval-<protocol>-<encoder>.json`` and a metrics row in the run folder; one summary line on stderr."""
+    """``eval-<protocol>-<encoder>.json`` and a metrics row in the run folder; one summary line on stderr.
+
+    A fine-tuning stopped by ``finetune.stop_at_epoch`` writes nothing yet and says how to continue.
+    """
     run_dir = run_dir_of(cfg)
+    if "stopped_at_epoch" in result:
+        print(f"[mimx] finetune stopped after epoch {result['stopped_at_epoch']}/{result['epochs']}; run the same "
+              "command again (without finetune.stop_at_epoch) to continue", file=sys.stderr)
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"eval-{result['protocol']}-{result['encoder']}"
     path = run_dir / f"{name}.json"

@@ -179,7 +179,41 @@ def test_finetune_on_two_processes(samples, tiny_run, tmp_path, cache_mb):
     assert result["test_samples"] == result["test_scored"] == 1000
     assert len(result["history"]) == 3 and result["test_top1"] > 30.0, result  # chance is 10 %
     assert proc.stderr.count("[mimx] finetune epoch 3/3") == 1  # one process reports
+    if not cache_mb:  # stopped after epoch 1 and continued: the same fine-tuning as never stopped
+        half = subprocess.run([*torchrun, *args[:6], f"run.dir={tmp_path / 'resumed'}", *args[7:],
+                               "finetune.stop_at_epoch=1"], capture_output=True, text=True, env=env, timeout=600)
+        assert half.returncode == 0 and "stopped after epoch 1/3" in half.stderr, half.stderr[-3000:]
+        assert not (tmp_path / "resumed" / "eval-finetune-pretrained.json").exists()
+        rest = subprocess.run([*torchrun, *args[:6], f"run.dir={tmp_path / 'resumed'}", *args[7:]],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert rest.returncode == 0 and "continuing after epoch 1/3" in rest.stderr, rest.stderr[-3000:]
+        resumed = json.loads((tmp_path / "resumed" / "eval-finetune-pretrained.json").read_text())
+        assert [h["val_top1"] for h in resumed["history"]] == [h["val_top1"] for h in result["history"]]
+        assert resumed["test_top1"] == result["test_top1"]
     if cache_mb:  # frozen-feature protocols stay on one process, with a clear message
         knn = subprocess.run([*torchrun, *args[:2], "knn", *args[3:6]], capture_output=True, text=True, env=env,
                              timeout=600)
         assert knn.returncode != 0 and "eval knn runs as one process" in knn.stderr
+
+
+def test_finetune_stops_and_continues_as_one_run(samples, tiny_run, tmp_path):
+    from mimx.modalities.image.evaluate import evaluate
+
+    def run(run_dir, *extra):
+        return evaluate(compose("mimx.configs.image", "eval", [
+            "protocol=finetune", f"checkpoint={tiny_run}", f"data.train={samples}/mnist",
+            f"data.test={samples}/mnist_test", f"run.dir={run_dir}", "finetune.epochs=3", "finetune.warmup_epochs=1",
+            "finetune.batch_size=64", "finetune.mixup=0.5", "data.label_fraction=0.2", "data.num_workers=1",
+            "finetune.precision=bf16-pure", *extra]))
+
+    straight = run(tmp_path / "straight")
+    assert "stopped_at_epoch" in run(tmp_path / "resumed", "finetune.stop_at_epoch=1")
+    saved = list((tmp_path / "resumed" / "checkpoints").glob("finetune-pretrained-*.pt"))
+    assert len(saved) == 1 and torch.load(saved[0], weights_only=True)["epoch"] == 1
+    resumed = run(tmp_path / "resumed")
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert resumed["test_top1"] == straight["test_top1"] and resumed["chosen"] == straight["chosen"]
+    # the finished state answers a rerun without training again; another setup gets a file of its own
+    assert run(tmp_path / "resumed")["test_top1"] == straight["test_top1"]
+    run(tmp_path / "resumed", "finetune.epochs=1")
+    assert len(list((tmp_path / "resumed" / "checkpoints").glob("finetune-pretrained-*.pt"))) == 2

@@ -406,6 +406,9 @@ class StreamLoader:
             self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=False,
+            # the workers' base seed comes from the stream's seed, not from the global generator: starting an
+            # iterator must not shift the training's random stream (drop-path), or a resumed run would differ
+            generator=torch.Generator().manual_seed(self.stream.seed * 7919 + self.stream.rank),
         )
         for batch in loader:
             worker, epoch, consumed = batch.pop("_pos")

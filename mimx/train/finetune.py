@@ -4,25 +4,30 @@ AdamW with layer-wise lr decay, drop-path, label smoothing, optional
 mixup/cutmix, warm-up then cosine per step. Each epoch ends with a validation
 pass; the weights of the best validation epoch are kept (the test split is the
 caller's, to be scored once with them). Under torchrun the processes train
-one model with DDP (lr scaled by the global batch).
+one model with DDP (lr scaled by the global batch). With a state file, every
+epoch ends with a checkpoint (atomic) and a rerun continues after the last one.
 """
 
 from __future__ import annotations
 
-import copy
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mimx.config import UserError
+from mimx.train import checkpoint as ckpt
 from mimx.train.allocator import tune_cpu_allocator
-from mimx.train.distributed import DistInfo, all_reduce_mean
+from mimx.train.distributed import DistInfo, all_reduce_mean, gather_objects
 from mimx.train.optim import WarmupCosine, build_adamw, param_groups
 from mimx.train.precision import Precision
 
@@ -46,6 +51,8 @@ class FinetuneConfig:
     precision: str = "auto"
     cpu_allocator: str = "auto"  # auto (heap on the CPU, as pretraining) | heap | system
     pool: str = "avg"  # avg (MAE fine-tuning: mean of patch tokens + norm) | token (class token)
+    resume: str = "auto"  # auto: continue after the last finished epoch of the same fine-tuning | never
+    stop_at_epoch: int | None = None  # stop after this epoch (schedule unchanged); run again to continue
 
 
 def vit_layer_id(name: str, depth: int) -> int:
@@ -77,6 +84,10 @@ class FinetuneResult:
     best_val_top1: float
     state_dict: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
+    stopped_at_epoch: int | None = None  # set when ``stop_at_epoch`` ended the run early
+
+
+FINETUNE_FORMAT = "mimx-finetune-state/1"
 
 
 @torch.no_grad()
@@ -96,6 +107,13 @@ def predict(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], t
     return torch.cat(preds), torch.cat(labels)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's ``random`` (timm's mixup draws from NumPy's global generator)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 Scores = Callable[[nn.Module, Precision], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -103,11 +121,14 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
              train_epoch: Callable[[int], Iterable[Any]], val_scores: Scores,
              prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
              device: torch.device, seed: int = 0, log: Callable[[str], None] | None = None,
-             dist: DistInfo | None = None) -> FinetuneResult:
+             dist: DistInfo | None = None, state_path: Path | None = None, train_loader: Any = None
+             ) -> FinetuneResult:
     """Fine-tune ``model`` (a timm ViT with a classifier head) and keep its best validation epoch.
 
     ``val_scores(model, precision)`` gives predictions and labels of the whole validation part (the same
-    on every process). With ``dist`` spanning several processes the steps run under DDP.
+    on every process). With ``dist`` spanning several processes the steps run under DDP. With
+    ``state_path`` each epoch ends with a checkpoint there, and a run finding one continues after it
+    (``train_loader``: a loader whose ``state_dict`` positions the training data, when epochs share one).
     """
     dist = dist or DistInfo()
     from timm.data import Mixup
@@ -115,7 +136,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
 
     if log is None:
         log = (lambda text: print(text, file=sys.stderr)) if dist.is_main else (lambda text: None)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     tune_cpu_allocator(cfg.cpu_allocator, device)
     model.to(device)
     precision = Precision(cfg.precision, device)
@@ -126,7 +147,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
     trained: nn.Module = model
     if dist.enabled:  # DDP starts every process from rank 0's weights (the new head included)
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        torch.manual_seed(seed + 1000 * dist.rank)  # own drop-path and mixup draws per process
+        seed_everything(seed + 1000 * dist.rank)  # own drop-path and mixup draws per process
     total = max(1, cfg.epochs * steps_per_epoch)
     schedule = WarmupCosine(peak, total, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
     mixup = None
@@ -136,9 +157,37 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
         soft_loss = SoftTargetCrossEntropy()
 
     best: FinetuneResult | None = None
-    history = []
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    history: list[dict] = []
+    step, done = 0, 0
+    if cfg.resume not in ("auto", "never"):
+        raise UserError(f"finetune.resume={cfg.resume!r}; choose auto or never")
+    if state_path is not None and cfg.resume == "auto" and state_path.exists():
+        saved = ckpt.load(state_path)
+        if saved.get("format") != FINETUNE_FORMAT:
+            raise UserError(f"{state_path} is not a mimx fine-tuning state; delete it or set finetune.resume=never")
+        precision.load_model_state(model, saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, done, history = int(saved["step"]), int(saved["epoch"]), list(saved["history"])
+        best = FinetuneResult(int(saved["best_epoch"]), float(saved["best_val_top1"]), saved["best_state"])
+        mine = saved["ranks"][dist.rank]
+        ckpt.set_rng_state(mine["rng"])
+        if train_loader is not None:
+            train_loader.load_state_dict(mine["data"])
+        log(f"[mimx] finetune: continuing after epoch {done}/{cfg.epochs} from {state_path}")
+
+    def save_state(epoch: int) -> None:  # collective: every process gives its random and data state
+        assert best is not None
+        ranks = gather_objects({"rng": ckpt.rng_state(),
+                                "data": train_loader.state_dict() if train_loader is not None else {}})
+        if dist.is_main:
+            ckpt.save_atomic({"format": FINETUNE_FORMAT, "epoch": epoch, "step": step,
+                              "model": precision.model_state(model), "optimizer": optimizer.state_dict(),
+                              "history": history, "best_epoch": best.best_epoch,
+                              "best_val_top1": best.best_val_top1, "best_state": best.state_dict,
+                              "ranks": ranks}, state_path)
+
+    stopped = None
+    for epoch in range(done + 1, cfg.epochs + 1):
         model.train()
         start, seen, running = time.perf_counter(), 0, torch.zeros((), device=device)
         for batch in train_epoch(epoch):
@@ -166,9 +215,16 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
                         "seconds": time.perf_counter() - start})
         log(f"[mimx] finetune epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, val top-1 {val:.2f}%")
         if best is None or val > best.best_val_top1:
-            best = FinetuneResult(epoch, val, copy.deepcopy(precision.model_state(model)))
+            best = FinetuneResult(epoch, val, {k: v.detach().cpu().clone() for k, v in
+                                               precision.model_state(model).items()})
+        if state_path is not None:
+            save_state(epoch)
+        if cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch and epoch < cfg.epochs:
+            stopped = epoch
+            break
     assert best is not None
     best.history = history
+    best.stopped_at_epoch = stopped
     if precision.pure:  # hand back an fp32 model with the best weights
         model.float()
     model.load_state_dict(best.state_dict)

@@ -22,6 +22,7 @@ from mimx.protocols import (
     checkpoint_step,
     eval_processes,
     finetune_protocol,
+    finetune_state_path,
     frozen_precision,
     frozen_protocol,
     write_result,
@@ -114,7 +115,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
-            seed=cfg.seed, dist=dist,
+            seed=cfg.seed, dist=dist, state_path=finetune_state_path(cfg, dist),
             build=lambda n: to_timm(mae, num_classes=n, drop_path_rate=ft.drop_path, global_pool=pool)))
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["skipped"] = data.skipped()

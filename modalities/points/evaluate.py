@@ -30,6 +30,7 @@ from mimx.protocols import (
     checkpoint_step,
     eval_processes,
     finetune_protocol,
+    finetune_state_path,
     frozen_precision,
     frozen_protocol,
     write_result,
@@ -113,7 +114,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
-            seed=cfg.seed, dist=dist, eval_batch_size=max(1, ft.batch_size // data_cfg.test_votes),
+            seed=cfg.seed, dist=dist, state_path=finetune_state_path(cfg, dist),
+            eval_batch_size=max(1, ft.batch_size // data_cfg.test_votes),
             build=lambda n: PointClassifier(mae, n, drop_path=ft.drop_path)), votes=data_cfg.test_votes)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["skipped"] = data.skipped()

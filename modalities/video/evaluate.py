@@ -30,6 +30,7 @@ from mimx.protocols import (
     checkpoint_step,
     eval_processes,
     finetune_protocol,
+    finetune_state_path,
     frozen_precision,
     frozen_protocol,
     write_result,
@@ -122,7 +123,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
-            seed=cfg.seed, dist=dist, eval_batch_size=max(1, ft.batch_size // views),
+            seed=cfg.seed, dist=dist, state_path=finetune_state_path(cfg, dist),
+            eval_batch_size=max(1, ft.batch_size // views),
             build=lambda n: VideoClassifier(mae, n, drop_path=ft.drop_path)))
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["skipped"] = data.skipped()
