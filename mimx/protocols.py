@@ -268,12 +268,13 @@ def frozen_precision(model: torch.nn.Module, precision: str, device: torch.devic
     return chosen
 
 
-def eval_processes(device: str, protocol: str) -> DistInfo:
-    """This process's place when launched by torchrun (``finetune`` only), or a single process."""
+def eval_processes(device: str, protocol: str, several: Sequence[str] = ("finetune",)) -> DistInfo:
+    """This process's place when launched by torchrun (only for the protocols in ``several``), or a single
+    process."""
     dist = init_distributed(device)
-    if dist.world > 1 and protocol != "finetune":
-        raise UserError(f"eval {protocol} runs as one process (frozen features are read once); launch it without "
-                        "torchrun. Fine-tuning (eval finetune) runs on several")
+    if dist.world > 1 and protocol not in several:
+        also = f" (eval {' / '.join(several)} runs on several)" if several else ""
+        raise UserError(f"eval {protocol} runs as one process: launch it without torchrun{also}")
     return dist
 
 

@@ -193,7 +193,7 @@ def test_finetune_on_two_processes(samples, tiny_run, tmp_path, cache_mb):
     if cache_mb:  # frozen-feature protocols stay on one process, with a clear message
         knn = subprocess.run([*torchrun, *args[:2], "knn", *args[3:6]], capture_output=True, text=True, env=env,
                              timeout=600)
-        assert knn.returncode != 0 and "eval knn runs as one process" in knn.stderr
+        assert knn.returncode != 0 and "eval knn runs as one process: launch it without torchrun" in knn.stderr
 
 
 def test_finetune_stops_and_continues_as_one_run(samples, tiny_run, tmp_path):

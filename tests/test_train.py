@@ -136,8 +136,13 @@ def _assert_same_training(a: dict, b: dict) -> None:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_two_process_ddp_and_accumulation_equal_one_big_batch(samples, tmp_path):
-    one = _equivalence_run(samples, tmp_path / "one.pt", per_rank=8)
+@pytest.fixture(scope="module")
+def one(samples, tmp_path_factory) -> dict:
+    """Six steps of one process with the global batch of 8: what every distributed layout must reproduce."""
+    return _equivalence_run(samples, tmp_path_factory.mktemp("one") / "one.pt", per_rank=8)
+
+
+def test_two_process_ddp_and_accumulation_equal_one_big_batch(samples, tmp_path, one):
     _assert_same_training(one, _equivalence_run(samples, tmp_path / "two.pt", per_rank=4, procs=2))
     _assert_same_training(one, _equivalence_run(samples, tmp_path / "accum.pt", 4, "--accum=2"))
     # and the check can fail: a different global batch trains differently
@@ -159,8 +164,7 @@ def test_strategy_choices_and_what_fsdp_refuses(samples, tmp_path):
         run(tiny_overrides(tmp_path, samples, "train.steps=1", "train.strategy=zero3"))
 
 
-def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_under_any_strategy(samples, tmp_path):
-    one = _equivalence_run(samples, tmp_path / "one.pt", per_rank=8)
+def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_under_any_strategy(samples, tmp_path, one):
     fsdp = _equivalence_run(samples, tmp_path / "fsdp.pt", 4, "--strategy=fsdp", procs=2)
     _assert_same_training(one, fsdp)
     # the checkpoint FSDP wrote has the unsharded layout: whole tensors, AdamW state by parameter index
@@ -170,14 +174,13 @@ def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_under_any_strateg
             torch.testing.assert_close(fsdp["optimizer"]["state"][i][name], state[name], rtol=1e-4, atol=1e-6)
     assert [g["params"] for g in fsdp["optimizer"]["param_groups"]] == [
         g["params"] for g in one["optimizer"]["param_groups"]]
-    # stopped under FSDP, continued under DDP (and the reverse): the same run as never stopped
-    for first, then in (("fsdp", "ddp"), ("ddp", "fsdp")):
-        run_dir = tmp_path / f"{first}-then-{then}"
-        half = _equivalence_run(samples, tmp_path / "half.pt", 4, f"--strategy={first}", "--stop-at=3",
-                                f"--run-dir={run_dir}", procs=2)
-        assert len(half["losses"]) == 3
-        _assert_same_training(one, _equivalence_run(samples, tmp_path / f"{first}-{then}.pt", 4,
-                                                    f"--strategy={then}", f"--run-dir={run_dir}", procs=2))
+    # stopped under FSDP, continued under DDP, stopped again, finished under FSDP: the run never stopped
+    run_dir = tmp_path / "fsdp-ddp-fsdp"
+    for strategy, stop in (("fsdp", 2), ("ddp", 4), ("fsdp", None)):
+        part = _equivalence_run(samples, tmp_path / "part.pt", 4, f"--strategy={strategy}", f"--run-dir={run_dir}",
+                                *([f"--stop-at={stop}"] if stop else []), procs=2)
+        assert len(part["losses"]) == (stop or 6)
+    _assert_same_training(one, part)
 
 
 @pytest.mark.parametrize("method", ["mae", "beit", "beit-fsdp"])

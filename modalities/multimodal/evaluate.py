@@ -26,9 +26,15 @@ from mimx.evaluation import fit_probe, probe_logits
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
 from mimx.modalities.multimodal.model import MultiMAE, depth_moments, multimae_config
 from mimx.patches import patchify
-from mimx.protocols import EvalData, EvalSplitConfig, FeatureBudget, checkpoint_step, write_result
+from mimx.protocols import (
+    EvalData,
+    EvalSplitConfig,
+    FeatureBudget,
+    checkpoint_step,
+    eval_processes,
+    write_result,
+)
 from mimx.train.checkpoint import load_trained
-from mimx.train.distributed import pick_device
 from mimx.train.precision import Precision
 from mimx.transformer import set_fused_attention
 
@@ -248,7 +254,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     probe_cfg = from_mapping(ProbeConfig, cfg.head, "head")
     if probe_cfg.kind not in HEADS:
         raise UserError(f"head.kind={probe_cfg.kind!r}; choose one of {', '.join(HEADS)}")
-    device = pick_device(cfg.device)
+    device = eval_processes(cfg.device, cfg.probe, several=()).device
     model = load_multimae(cfg.checkpoint)
     if cfg.encoder == "random":
         torch.manual_seed(cfg.seed)
