@@ -309,7 +309,7 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
     if counts["train"] == 0 or counts["val"] == 0:
         raise UserError(f"fine-tuning needs training and validation samples, got {counts}")
     classifier = build(num_classes) if build is not None else model
-    steps = max(1, counts["train"] // (ft.batch_size * dist.world))
+    steps = max(1, counts["train"] // (ft.batch_size * ft.accum_steps * dist.world))  # optimiser steps
     loader = None
     if dist.world == 1:
         def train_epoch(epoch: int):
@@ -321,7 +321,7 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
         def train_epoch(epoch: int):
             if not stream:
                 stream.append(iter(loader))
-            return itertools.islice(stream[0], steps)
+            return itertools.islice(stream[0], steps * ft.accum_steps)
 
     def val_scores(model: torch.nn.Module, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
         return scored(model, data.batches("val", batch_size=eval_batch_size), prepare, precision, dist.world)

@@ -217,3 +217,22 @@ def test_finetune_stops_and_continues_as_one_run(samples, tiny_run, tmp_path):
     assert run(tmp_path / "resumed")["test_top1"] == straight["test_top1"]
     run(tmp_path / "resumed", "finetune.epochs=1")
     assert len(list((tmp_path / "resumed" / "checkpoints").glob("finetune-pretrained-*.pt"))) == 2
+
+
+def test_finetune_accumulation_equals_one_big_batch(samples, tiny_run, tmp_path):
+    from mimx.modalities.image.evaluate import evaluate
+
+    def run(name, *extra):  # fp32, no drop-path: two micro-batches of 32 must step as one batch of 64
+        return evaluate(compose("mimx.configs.image", "eval", [
+            "protocol=finetune", f"checkpoint={tiny_run}", f"data.train={samples}/mnist",
+            f"data.test={samples}/mnist_test", f"run.dir={tmp_path / name}", "finetune.epochs=2",
+            "finetune.warmup_epochs=1", "finetune.base_lr=1e-2", "finetune.drop_path=0", "finetune.precision=fp32",
+            "data.label_fraction=0.2", "data.num_workers=1", "finetune.resume=never", *extra]))
+
+    big = run("big", "finetune.batch_size=64")
+    accum = run("accum", "finetune.batch_size=32", "finetune.accum_steps=2")
+    for a, b in zip(big["history"], accum["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_top1"] == pytest.approx(b["val_top1"], abs=0.3)  # one digit of the val part may flip
+    other = run("other", "finetune.batch_size=32")  # the same micro-batches without accumulation differ
+    assert other["history"][-1]["train_loss"] != pytest.approx(big["history"][-1]["train_loss"], rel=1e-3)

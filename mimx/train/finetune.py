@@ -10,6 +10,7 @@ epoch ends with a checkpoint (atomic) and a rerun continues after the last one.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
@@ -37,8 +38,9 @@ class FinetuneConfig:
     """``finetune`` section of eval configs (MAE's recipe, scaled down by default)."""
 
     epochs: int = 30
-    batch_size: int = 64
-    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256
+    batch_size: int = 64  # per process and micro-step
+    accum_steps: int = 1  # micro-steps per optimiser step (global batch = batch_size x accum_steps x processes)
+    base_lr: float = 1e-3  # lr = base_lr * global batch / 256
     layer_decay: float = 0.75
     weight_decay: float = 0.05
     drop_path: float = 0.1
@@ -142,7 +144,10 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
     precision = Precision(cfg.precision, device)
     groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, depth)
     precision.attach(model)
-    peak = cfg.base_lr * cfg.batch_size * dist.world / 256
+    if cfg.accum_steps < 1:
+        raise UserError(f"finetune.accum_steps={cfg.accum_steps}; it must be at least 1")
+    accum = cfg.accum_steps
+    peak = cfg.base_lr * cfg.batch_size * accum * dist.world / 256
     optimizer = build_adamw(precision.optimizer_groups(groups), peak, (0.9, 0.999), device)
     trained: nn.Module = model
     if dist.enabled:  # DDP starts every process from rank 0's weights (the new head included)
@@ -186,27 +191,46 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
                               "best_val_top1": best.best_val_top1, "best_state": best.state_dict,
                               "ranks": ranks}, state_path)
 
+    full = cfg.batch_size * accum  # samples of a whole optimiser step on one process
+
+    def optimizer_step(samples: int) -> None:
+        if samples != full:  # a short step (an epoch's last): the gradient of the mean over its samples
+            grads = [t.grad for t in precision.trainable(model) if t.grad is not None]
+            torch._foreach_mul_(grads, full / samples)
+        precision.step(optimizer, model, cfg.clip_grad)
+
     stopped = None
     for epoch in range(done + 1, cfg.epochs + 1):
         model.train()
         start, seen, running = time.perf_counter(), 0, torch.zeros((), device=device)
+        micro = taken = 0
         for batch in train_epoch(epoch):
             x, y = prepare(batch)
             if mixup is not None and len(x) % 2 == 0:
                 x, soft = mixup(x, y)
             else:
                 soft = None
-            schedule.apply(optimizer, min(step, total - 1))
-            with precision.autocast():
-                logits = trained(x.to(precision.input_dtype))
-                if soft is not None:
-                    loss = soft_loss(logits.float(), soft)
-                else:
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            precision.backward(loss)
-            precision.step(optimizer, model, cfg.clip_grad)
+            if micro == 0:
+                schedule.apply(optimizer, min(step, total - 1))
+            micro += 1
+            # DDP reduces on the last micro-step only (bf16-pure moves gradients after every backward)
+            sync = micro == accum or not dist.enabled or precision.keeps_masters
+            with contextlib.nullcontext() if sync else trained.no_sync():
+                with precision.autocast():
+                    logits = trained(x.to(precision.input_dtype))
+                    if soft is not None:
+                        loss = soft_loss(logits.float(), soft)
+                    else:
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                precision.backward(loss * (len(x) / full))  # each sample weighs the same
             running += loss.detach().float() * len(x)  # no host sync per step
             seen += len(x)
+            taken += len(x)
+            if micro == accum:
+                optimizer_step(taken)
+                step, micro, taken = step + 1, 0, 0
+        if micro:
+            optimizer_step(taken)
             step += 1
         train_loss = float(all_reduce_mean(running / max(1, seen)))
         pred, labels = val_scores(model, precision)
