@@ -31,6 +31,7 @@ from mimx.train.allocator import tune_cpu_allocator
 from mimx.train.distributed import DistInfo, all_reduce_mean, gather_objects
 from mimx.train.optim import WarmupCosine, build_adamw, param_groups
 from mimx.train.precision import Precision
+from mimx.transformer import set_fused_attention
 
 
 @dataclass
@@ -142,6 +143,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
     tune_cpu_allocator(cfg.cpu_allocator, device)
     model.to(device)
     precision = Precision(cfg.precision, device)
+    set_fused_attention(model, precision.prefers_fused_attention())  # as pretraining: per device and precision
     groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, depth)
     precision.attach(model)
     if cfg.accum_steps < 1:
