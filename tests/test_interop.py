@@ -135,3 +135,27 @@ def test_timm_export_round_trip(kwargs):
         torch.testing.assert_close(vit.forward_features(x), mae.encode(x), rtol=1e-5, atol=1e-5)
     assert not any("mask" in k for k in vit.state_dict())
     assert any(k.endswith("ls1.gamma") for k in vit.state_dict()) == bool(kwargs.get("layer_scale"))
+
+
+def test_pretraining_continues_from_a_transformers_folder(samples, tmp_path):
+    from conftest import tiny_overrides
+
+    from mimx.config import compose
+    from mimx.modalities.image.pretrain import pretrain
+
+    hf = _hf_model(norm_pix=True, image=16, patch=4)
+    hf.save_pretrained(tmp_path / "hf")
+    sizes = ["model.embed_dim=64", "model.num_heads=4", "model.decoder_dim=32", "model.decoder_depth=2",
+             "model.decoder_heads=4"]
+    def overrides(run_dir):
+        return [o for o in tiny_overrides(run_dir, samples, "train.steps=1", "train.lr=0",
+                                          f"train.init={tmp_path / 'hf'}") if not o.startswith("model.decoder_")]
+
+    pretrain(compose("mimx.configs.image", "pretrain", [*overrides(tmp_path / "run"), *sizes]))
+    from safetensors.torch import load_file
+
+    ours = load_file(str(tmp_path / "run" / "model.safetensors"))
+    theirs = from_transformers(hf).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(UserError, match="embed_dim"):  # a transformers model of another width
+        pretrain(compose("mimx.configs.image", "pretrain", [*overrides(tmp_path / "other"), *sizes[1:]]))

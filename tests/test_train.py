@@ -150,6 +150,24 @@ def test_two_process_ddp_and_accumulation_equal_one_big_batch(samples, tmp_path,
     assert not torch.allclose(other["model"]["encoder.norm.weight"], one["model"]["encoder.norm.weight"])
 
 
+def test_init_starts_a_new_run_from_another_runs_weights(samples, tmp_path, capsys):
+    first = tmp_path / "first"
+    run(tiny_overrides(first, samples, "train.steps=4"))
+    # lr 0: the one step changes nothing, so the new run ends with exactly the weights it started from
+    second = tmp_path / "second"
+    result = run(tiny_overrides(second, samples, "train.steps=1", "train.lr=0", f"train.init={first}"))
+    assert result.step == 1 and "starting from the weights of" in capsys.readouterr().err
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a run continuing from its own checkpoint ignores train.init
+    run(tiny_overrides(second, samples, "train.steps=2", "train.lr=0", f"train.init={first}"))
+    assert "train.init ignored" in capsys.readouterr().err
+    with pytest.raises(UserError, match="depth: checkpoint 2 vs config 3"):
+        run(tiny_overrides(tmp_path / "third", samples, "train.steps=1", "model.depth=3", f"train.init={first}"))
+    with pytest.raises(UserError, match="does not exist"):
+        run(tiny_overrides(tmp_path / "fourth", samples, "train.steps=1", f"train.init={tmp_path / 'nothing'}"))
+
+
 def test_strategy_choices_and_what_fsdp_refuses(samples, tmp_path):
     assert [resolve_strategy(s, 2) for s in ("auto", "ddp", "fsdp")] == ["ddp", "ddp", "fsdp"]
     assert resolve_strategy("fsdp", 1) == "single"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -150,3 +152,21 @@ def test_mask_from_bool_matches_tube_mask_ids():
     mask = tube_mask(2, 2, 16, 0.5, generator=torch.Generator().manual_seed(3))
     again = Mask.from_bool(mask.mask)
     assert torch.equal(again.mask, mask.mask) and again.num_visible == mask.num_visible
+
+
+def test_a_saved_transformers_videomae_converts_for_train_init(tmp_path):
+    from mimx.modalities.video.data import VideoDataConfig
+    from mimx.modalities.video.model import VideoMAE, video_mae_config
+    from mimx.modalities.video.pretrain import VideoPretrainTask
+    from mimx.train.checkpoint import initial_weights
+
+    torch.manual_seed(0)
+    hf = _hf_videomae(use_mean_pooling=False)
+    hf.save_pretrained(tmp_path / "hf")
+    reference = from_transformers(hf)
+    config = video_mae_config(dataclasses.asdict(reference.config))
+    task = VideoPretrainTask(config, VideoDataConfig(shards="unused"))
+    state = initial_weights(tmp_path / "hf", {"modality": "video", **task.meta()}, task.convert_weights)
+    model = VideoMAE(config)
+    model.load_state_dict(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.state_dict().items())

@@ -139,6 +139,29 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     return state["model"], state["meta"]
 
 
+def initial_weights(path: str | os.PathLike, current: dict[str, Any],
+                    convert: Any = None) -> dict[str, torch.Tensor]:
+    """Weights a new run starts from (``train.init``), checked against the configured architecture.
+
+    ``path`` is a mimx run folder, checkpoint or weights file, or a folder another library saved (a
+    ``config.json`` beside the weights, e.g. transformers' ``save_pretrained``), which
+    ``convert(path) -> (state, meta)`` turns into mimx weights where the modality knows how.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"train.init={path} does not exist; give a mimx run folder, checkpoint or weights file")
+    foreign = path.is_dir() and (path / "config.json").exists() and not (path / "checkpoints").exists()
+    if foreign:
+        if convert is None:
+            raise UserError(f"train.init={path} is not a mimx run and this modality converts no other format; "
+                            "give a mimx run folder, checkpoints/last.pt or model.safetensors")
+        state, meta = convert(str(path))
+    else:
+        state, meta = read_model(path)
+    check_compatible(meta, current, path)
+    return state
+
+
 def _maybe_json(text: str) -> Any:
     import json
 

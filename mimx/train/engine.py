@@ -66,6 +66,7 @@ class TrainConfig:
     keep_every: int | None = None  # also keep step-N.pt every N steps
     figure_every: int = 500
     resume: str = "auto"  # auto | never | path to a checkpoint
+    init: str | None = None  # weights a new run starts from (mimx run, checkpoint, weights; or a converted format)
     tensorboard: bool = True
     progress: bool = True
 
@@ -99,7 +100,8 @@ class Task(Protocol):
     def figure(self, model: nn.Module, path: Path) -> None:
         """Write a reconstruction figure (main process, eval mode, no grad)."""
 
-    # optional: ``report() -> str``, a line on the data printed when training ends
+    # optional: ``report() -> str``, a line on the data printed when training ends;
+    # ``convert_weights(path) -> (state, meta)``: another library's saved model as mimx weights (``train.init``)
 
 
 @dataclass
@@ -191,6 +193,11 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self._stop_requested = False
         self._resume()
+        if cfg.init and self.step == 0:
+            self._initialize(cfg.init)
+        elif cfg.init and dist.is_main:
+            print(f"[mimx] train.init ignored: the run continues from its own checkpoint at step {self.step}",
+                  file=sys.stderr)
 
         wrapped: nn.Module = self.model
         if self.strategy == "ddp":
@@ -248,6 +255,19 @@ class Trainer:
                 self.loader.load_state_dict({**ranks[0]["data"], "world": None})
         if self.dist.is_main:
             print(f"[mimx] resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
+
+    def _initialize(self, path: str) -> None:
+        """Start from ``train.init``'s weights (the optimizer starts fresh)."""
+        state = ckpt.initial_weights(path, self._meta(), getattr(self.task, "convert_weights", None))
+        try:
+            if self.sharded:
+                sharding.load_model_state(self.model, state)
+            else:
+                self.precision.load_model_state(self.model, state)
+        except RuntimeError as exc:
+            raise UserError(f"train.init={path} does not fit this model: {str(exc)[:300]}") from None
+        if self.dist.is_main:
+            print(f"[mimx] starting from the weights of {path}", file=sys.stderr)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The whole model state with fp32 weights (collective under FSDP: ``{}`` off the main process)."""

@@ -74,6 +74,13 @@ class ImagePretrainTask:
             meta["codebook_file"] = str(self.config.codebook)
         return meta
 
+    def convert_weights(self, path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A transformers folder (``save_pretrained``) as mimx weights, for ``train.init``."""
+        from mimx.modalities.image.interop import from_transformers
+
+        model = from_transformers(path)
+        return model.state_dict(), {"modality": self.modality, "architecture": model.config.architecture()}
+
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
         x = self.normalizer(batch["image"].to(ctx.device, non_blocking=True)).to(ctx.dtype)
         if self.random_masking:

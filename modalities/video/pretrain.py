@@ -48,6 +48,13 @@ class VideoPretrainTask:
         return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config),
                 "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)}}
 
+    def convert_weights(self, path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A transformers folder (``save_pretrained``) as mimx weights, for ``train.init``."""
+        from mimx.modalities.video.interop import from_transformers
+
+        model = from_transformers(path)
+        return model.state_dict(), {"modality": self.modality, "architecture": model.config.architecture()}
+
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
         video = batch["video"].to(ctx.device, non_blocking=True)
         x = self.normalizer(video.flatten(0, 1)).to(ctx.dtype)  # repeated clips of a video join the batch
