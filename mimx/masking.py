@@ -162,7 +162,7 @@ def coarse_mask(
 
 
 def block_mask_numpy(
-    grid: tuple[int, int],
+    grid: tuple[int, ...],
     num_hidden: int,
     rng: np.random.Generator,
     *,
@@ -174,12 +174,16 @@ def block_mask_numpy(
 ) -> np.ndarray:
     """BEiT block-wise masking for one sample: rectangles of random area and log-uniform aspect.
 
-    Blocks are added until ``num_hidden`` patches are hidden or no block fits in
-    ``attempts`` tries; with ``exact`` the shortfall is filled with random patches
-    so the count is exactly ``num_hidden``. Cheap enough for data workers.
+    On a ``(t, h, w)`` grid the blocks are cubes (MaskFeat's cube masking): a
+    rectangle as above over a random run of 1 to ``t`` time steps, its area drawn
+    for the budget left per time step. Blocks are added until ``num_hidden``
+    tokens are hidden or no block fits in ``attempts`` tries; with ``exact`` the
+    shortfall is filled with random tokens so the count is exactly
+    ``num_hidden``. Cheap enough for data workers.
     """
-    h, w = grid
-    mask = np.zeros((h, w), dtype=bool)
+    cube = len(grid) == 3
+    t, h, w = grid if cube else (1, *grid)
+    mask = np.zeros((t, h, w), dtype=bool)
     max_block = num_hidden if max_block is None else max_block
     log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
     count = 0
@@ -187,15 +191,20 @@ def block_mask_numpy(
         budget = min(num_hidden - count, max_block)
         added = 0
         for _ in range(attempts):
-            area = rng.uniform(min(min_block, budget), budget)
+            span, first = 1, 0
+            if cube:  # 2-D grids draw nothing here: their masks stay what they were
+                span = int(rng.integers(1, t + 1))
+                first = int(rng.integers(0, t - span + 1))
+            per_step = budget / span
+            area = rng.uniform(min(min_block, per_step), per_step)
             aspect = math.exp(rng.uniform(*log_aspect))
             bh = int(round(math.sqrt(area * aspect)))
             bw = int(round(math.sqrt(area / aspect)))
             if 0 < bh < h and 0 < bw < w:
                 top = int(rng.integers(0, h - bh + 1))
                 left = int(rng.integers(0, w - bw + 1))
-                block = mask[top : top + bh, left : left + bw]
-                new = bh * bw - int(block.sum())
+                block = mask[first : first + span, top : top + bh, left : left + bw]
+                new = span * bh * bw - int(block.sum())
                 if 0 < new <= budget:
                     block[...] = True
                     added = new
@@ -211,7 +220,7 @@ def block_mask_numpy(
 
 def block_mask(
     batch: int,
-    grid: tuple[int, int],
+    grid: tuple[int, ...],
     ratio: float,
     *,
     seed: int | None = None,
@@ -219,9 +228,9 @@ def block_mask(
     min_aspect: float = 0.3,
     device: torch.device | str | None = None,
 ) -> Mask:
-    """BEiT block-wise masks for a batch, with exactly ``round(L * ratio)`` hidden patches each."""
+    """BEiT block-wise masks (cubes on a ``(t, h, w)`` grid) for a batch, exactly ``round(L * ratio)`` hidden each."""
     check_ratio(ratio)
-    num_tokens = grid[0] * grid[1]
+    num_tokens = math.prod(grid)
     hidden = min(num_tokens - 1, int(round(num_tokens * ratio)))
     rng = np.random.default_rng(seed)
     rows = [block_mask_numpy(grid, hidden, rng, min_block=min_block, min_aspect=min_aspect) for _ in range(batch)]
@@ -266,7 +275,7 @@ class TubeMasking:
 
 
 class BlockMasking:
-    """BEiT block-wise masking on a 2-D ``(h, w)`` grid, exact hidden count."""
+    """BEiT block-wise masking on a 2-D ``(h, w)`` grid (cube masking on a ``(t, h, w)`` one), exact hidden count."""
 
     on_host = True  # drawn with numpy: give it a CPU generator (a device one is read back every call)
 

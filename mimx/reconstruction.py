@@ -76,7 +76,7 @@ def _feature_panels(target: HOGTarget, x: torch.Tensor, mask: Mask, out: MAEOutp
     original, masked = (t.repeat_interleave(zoom, -2).repeat_interleave(zoom, -1) for t in (original, masked))
     pred = torch.where(mask.mask.unsqueeze(-1), out.full_prediction().float(), out.target.float())
     glyphs = [target.render(t, grid, channels, reference=out.target, zoom=zoom) for t in (out.target, pred)]
-    return torch.stack([original, masked, *(g.expand(-1, channels, -1, -1) for g in glyphs)])
+    return torch.stack([original, masked, *(g.expand(-1, channels, *g.shape[2:]) for g in glyphs)])
 
 
 def _token_panels(target: TokenTarget, x: torch.Tensor, mask: Mask, out: MAEOutput,

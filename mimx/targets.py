@@ -112,48 +112,71 @@ class HOGTarget:
     Per-channel affine input normalisation does not change it (gradients
     scale, histograms are L2-normalised), so it reads the model's input as is.
     Values of a token are ordered ``(channel, bin, cell row, cell column)``.
+    With ``(t, p, p)`` tubelets (video MaskFeat) each frame's HOG is taken
+    on its own and a token holds its ``t`` frames' values one after another.
     """
 
-    def __init__(self, patch: tuple[int, int], cell: int = 8, bins: int = 9, gaussian: bool = True) -> None:
+    def __init__(self, patch: tuple[int, ...], cell: int = 8, bins: int = 9, gaussian: bool = True) -> None:
         self.patch = tuple(int(p) for p in patch)
-        if len(self.patch) != 2 or any(p % cell for p in self.patch):
-            raise ValueError(f"HOG targets need 2-D patches divisible by the cell {cell}, got {self.patch}")
+        self.frames = self.patch[0] if len(self.patch) == 3 else 1
+        self.spatial = self.patch[-2:]
+        if len(self.patch) not in (2, 3) or any(p % cell for p in self.spatial):
+            raise ValueError(f"HOG targets need 2-D patches or 3-D tubelets whose sides divide by the cell {cell}, "
+                             f"got {self.patch}")
         self.cell = cell
         self.bins = bins
-        self.window = self.patch[0] if gaussian and self.patch[0] == self.patch[1] else None
+        self.window = self.spatial[0] if gaussian and self.spatial[0] == self.spatial[1] else None
         if gaussian and self.window is None:
             raise ValueError("the HOG Gaussian window needs square patches")
 
     def width(self, channels: int) -> int:
         """Values per token for ``channels`` input channels."""
-        return channels * self.bins * (self.patch[0] // self.cell) * (self.patch[1] // self.cell)
+        return self.frames * channels * self.bins * (self.spatial[0] // self.cell) * (self.spatial[1] // self.cell)
 
     def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
+        if self.frames > 1 or x.dim() == 5:  # [B, C, T, H, W]: frame by frame, then t frames per token
+            b, c, t = x.shape[:3]
+            tokens = self._tokens(x.transpose(1, 2).reshape(b * t, c, *x.shape[3:]))
+            tokens = tokens.view(b, t // self.frames, self.frames, *tokens.shape[1:]).transpose(2, 3)
+            return tokens.reshape(b, -1, self.frames * tokens.shape[-1])
+        return self._tokens(x)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         hist = hog_cells(x, self.cell, self.bins, self.window)
         b, c, bins, hc, wc = hist.shape
-        kh, kw = self.patch[0] // self.cell, self.patch[1] // self.cell
+        kh, kw = self.spatial[0] // self.cell, self.spatial[1] // self.cell
         hist = hist.view(b, c, bins, hc // kh, kh, wc // kw, kw).permute(0, 3, 5, 1, 2, 4, 6)
         return hist.reshape(b, (hc // kh) * (wc // kw), c * bins * kh * kw)
 
-    def render(self, tokens: torch.Tensor, grid: tuple[int, int], channels: int,
+    def render(self, tokens: torch.Tensor, grid: tuple[int, ...], channels: int,
                reference: torch.Tensor | None = None, zoom: int = 1) -> torch.Tensor:
-        """HOG tokens ``[B, L, P]`` as glyph images ``[B, 1, zoom * H, zoom * W]`` in [0, 1]: per cell, one
-        line per bin along the edge direction it votes for, as bright as the bin's value (mean over channels).
+        """HOG tokens ``[B, L, P]`` as glyph images ``[B, 1, zoom * H, zoom * W]`` (``[B, 1, T, zoom * H,
+        zoom * W]`` for tubelets) in [0, 1]: per cell, one line per bin along the edge direction it votes for,
+        as bright as the bin's value (mean over channels).
 
         Brightness is relative to the brightest pixel of ``reference``'s glyphs (default: ``tokens``'
         own), so a prediction drawn against its target shares the target's scale.
         """
-        image = self._glyphs(tokens, grid, channels, zoom)
-        ref = image if reference is None else self._glyphs(reference, grid, channels, zoom)
-        scale = ref.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+        image = self._frame_glyphs(tokens, grid, channels, zoom)
+        ref = image if reference is None else self._frame_glyphs(reference, grid, channels, zoom)
+        scale = ref.flatten(1).amax(1).clamp_min(1e-6).view(-1, *([1] * (image.dim() - 1)))
         return (image / scale).clamp(0, 1)
 
+    def _frame_glyphs(self, tokens: torch.Tensor, grid: tuple[int, ...], channels: int, zoom: int) -> torch.Tensor:
+        if len(grid) == 2:
+            return self._glyphs(tokens, grid, channels, zoom)
+        b, (steps, h, w) = tokens.shape[0], grid
+        frames = tokens.view(b, steps, h * w, self.frames, -1).transpose(2, 3).reshape(b * steps * self.frames,
+                                                                                       h * w, -1)
+        image = self._glyphs(frames, (h, w), channels, zoom)
+        return image.view(b, steps * self.frames, *image.shape[2:]).unsqueeze(1)
+
     def _glyphs(self, tokens: torch.Tensor, grid: tuple[int, int], channels: int, zoom: int) -> torch.Tensor:
-        kh, kw = self.patch[0] // self.cell, self.patch[1] // self.cell
+        kh, kw = self.spatial[0] // self.cell, self.spatial[1] // self.cell
         b = tokens.shape[0]
         hist = tokens.float().clamp_min(0).view(b, grid[0], grid[1], channels, self.bins, kh, kw).mean(3)
         image = torch.einsum("bhwnij,nuv->bhiuwjv", hist, self._stamps(self.cell * zoom, tokens.device))
-        return image.reshape(b, 1, grid[0] * self.patch[0] * zoom, grid[1] * self.patch[1] * zoom)
+        return image.reshape(b, 1, grid[0] * self.spatial[0] * zoom, grid[1] * self.spatial[1] * zoom)
 
     def _stamps(self, s: int, device: torch.device) -> torch.Tensor:
         """``[bins, s, s]``: an anti-aliased line through the cell centre per bin, across its gradients."""

@@ -170,3 +170,39 @@ def test_a_saved_transformers_videomae_converts_for_train_init(tmp_path):
     model = VideoMAE(config)
     model.load_state_dict(state)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.state_dict().items())
+
+
+def test_tubelet_hog_is_each_frames_image_hog_in_token_order():
+    from mimx.targets import HOGTarget
+
+    x = torch.rand(2, 3, 4, 16, 24)  # [B, C, T, H, W]: tubelets 2 x 8 x 8 -> grid (2, 2, 3)
+    video = HOGTarget((2, 8, 8), cell=4)(x, (2, 2, 3))
+    image = HOGTarget((8, 8), cell=4)
+    per_frame = [image(x[:, :, f], (2, 3)) for f in range(4)]  # [B, 6, 108] each
+    assert video.shape == (2, 12, 2 * 108) and HOGTarget((2, 8, 8), cell=4).width(3) == 216
+    for step in range(2):  # token (step, row, col) holds frame 2*step then frame 2*step + 1
+        tokens = video[:, step * 6:(step + 1) * 6]
+        torch.testing.assert_close(tokens, torch.cat([per_frame[2 * step], per_frame[2 * step + 1]], dim=-1))
+    glyphs = HOGTarget((2, 8, 8), cell=4).render(video, (2, 2, 3), 3)
+    assert glyphs.shape == (2, 1, 4, 16, 24) and glyphs.min() >= 0 and glyphs.max() <= 1
+
+
+def test_cube_masks_are_exact_and_span_time():
+    from mimx.masking import block_mask
+
+    grid = (4, 8, 8)
+    masks = block_mask(64, grid, 0.4, seed=0).mask.view(64, *grid)
+    assert bool((masks.flatten(1).sum(1) == round(256 * 0.4)).all())
+    # blocks run over several time steps (not one frame), yet the mask changes over time (not a tube)
+    same_as_next = (masks[:, 1:] == masks[:, :-1]).float().mean().item()
+    assert 0.6 < same_as_next < 0.98
+    assert not all(torch.equal(m[0], m[t]) for m in masks for t in range(1, 4))
+
+
+def test_maskfeat_video_config_errors():
+    with pytest.raises(UserError, match="linear head needs model.encoder_mode=mask_token"):
+        VideoMAE(video_mae_config({**TINY, "decoder_depth": 0}))
+    with pytest.raises(UserError, match="model.norm_pix=false"):
+        VideoMAE(video_mae_config({**TINY, "target": "hog", "encoder_mode": "mask_token"}))
+    with pytest.raises(UserError, match="dual masking"):
+        VideoMAE(video_mae_config({**TINY, "encoder_mode": "mask_token", "decoder_mask_ratio": 0.5}))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import logged_losses
 
 from mimx.cli import main
 from mimx.config import compose
@@ -50,6 +51,27 @@ def test_pretrain_resumes_and_writes_figures(digits, tmp_path):
     assert (run_dir / "model.safetensors").exists()
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) > 2
+
+
+def test_maskfeat_on_clips_trains_draws_hog_and_evaluates(digits, tmp_path):
+    run_dir = tmp_path / "maskfeat"
+    result = pretrain(compose("mimx.configs.video", "pretrain", _overrides(
+        run_dir, digits, "method=maskfeat", "train.steps=24", "train.log_every=4", "train.figure_every=0",
+        "train.ckpt_every=0", "train.lr=2e-3")))
+    assert result.step == 24
+    losses = logged_losses(run_dir)
+    assert losses[-1] < 0.85 * losses[0], losses  # HOG of hidden tubelets is learnable from the visible ones
+    meta = load(run_dir / "checkpoints" / "last.pt")["meta"]["architecture"]
+    assert (meta["encoder_mode"], meta["target"]) == ("mask_token", "hog")
+    out = tmp_path / "view.png"
+    assert main(["video", "visualize", str(run_dir), f"{digits}/test", "--num", "1", "--out", str(out),
+                 "--rate", "1"]) == 0
+    assert out.stat().st_size > 0 and out.with_suffix(".gif").stat().st_size > 0
+    args = ["video", "eval", "linear", f"checkpoint={run_dir}", f"data.train={digits}/train",
+            f"data.test={digits}/test", "data.rate=1", "data.test_clips=1", "data.test_crops=1",
+            "data.label_key=direction", "data.batch_size=16", "data.val_fraction=0.25", "linear.epochs=2",
+            f"run.dir={tmp_path}"]
+    assert main(args) == 0
 
 
 def test_pretrain_refuses_mismatched_clip_length(digits, tmp_path):

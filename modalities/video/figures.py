@@ -11,6 +11,7 @@ from torchvision.utils import make_grid, save_image
 from mimx.masking import Mask
 from mimx.modalities.video.model import VideoMAE
 from mimx.reconstruction import reconstruction_panels
+from mimx.targets import PixelTarget
 
 ROWS = ("original", "masked", "reconstruction", "reconstruction + visible")
 
@@ -20,9 +21,15 @@ def video_panels(model: VideoMAE, x: torch.Tensor, mask: Mask) -> torch.Tensor:
 
     The decoder rebuilds every hidden tubelet here (dual masking is a training
     shortcut); norm-pix predictions are mapped back with each original
-    tubelet's own statistics.
+    tubelet's own statistics. For MaskFeat the last two rows are the true HOG of
+    every frame and the predicted HOG of the hidden tubelets (true on visible ones).
     """
-    return reconstruction_panels(model, x, mask)
+    if isinstance(model.target, PixelTarget):  # panels come back in pixel space already
+        return reconstruction_panels(model, x, mask)
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(model.config.pixel_mean, device=x.device).view(shape)
+    std = torch.tensor(model.config.pixel_std, device=x.device).view(shape)
+    return reconstruction_panels(model, x, mask, display=lambda t: (t * std + mean).clamp(0, 1))
 
 
 def _frames(panels: torch.Tensor, max_frames: int) -> torch.Tensor:

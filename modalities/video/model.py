@@ -1,4 +1,4 @@
-"""VideoMAE: tube-masked autoencoder on tubelet tokens (optional VideoMAE v2 dual masking)."""
+"""VideoMAE: tube-masked autoencoder on tubelet tokens (optional VideoMAE v2 dual masking); MaskFeat on clips."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mimx.config import UserError, from_mapping
 from mimx.masking import RunningCellDecoding, build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import build_position
-from mimx.targets import PixelTarget
+from mimx.targets import HOGTarget, PixelTarget
 from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -60,6 +60,10 @@ class VideoMAEConfig:
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # input normalisation, undone
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))  # for the pixel targets
     loss: str = "mse"
+    encoder_mode: str = "drop"  # drop: visible tubelets only (VideoMAE) | mask_token: all, hidden ones replaced
+    target: str = "pixels"  # pixels (VideoMAE) | hog (MaskFeat: each frame's HOG per tubelet)
+    hog_cell: int = 8
+    hog_bins: int = 9
     masking: dict[str, Any] = field(default_factory=lambda: {"kind": "tube", "ratio": 0.9})
     decoder_mask_ratio: float = 0.0  # > 0: VideoMAE v2 dual masking, decoder rebuilds 1 - ratio of hidden tokens
     decoder_mask_cell: int = 2
@@ -84,7 +88,26 @@ class VideoMAEConfig:
         keys = ("tubelet_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
                 "qkv_bias", "encoder_norm", "pos_embed", "decoder_dim", "decoder_depth", "decoder_heads",
                 "decoder_mlp_ratio", "decoder_embed_bias")
+        if self.encoder_mode != "drop":  # runs from before MaskFeat record neither
+            keys += ("encoder_mode",)
+        if self.target != "pixels":
+            keys += ("target", "hog_cell", "hog_bins")
         return {k: getattr(self, k) for k in keys}
+
+    def build_target(self) -> PixelTarget | HOGTarget:
+        """The per-tubelet target this config trains on (checked for consistency)."""
+        if self.target == "pixels":
+            return PixelTarget(self.patch, norm_pix=self.norm_pix,
+                               per_channel=self.in_chans if self.norm_pix_per_channel else None, eps=1e-6,
+                               eps_outside=True, mean=self.pixel_mean, std=self.pixel_std)
+        if self.target != "hog":
+            raise UserError(f"model.target must be 'pixels' or 'hog', got {self.target!r}")
+        if self.norm_pix:
+            raise UserError("model.norm_pix normalises pixel targets; with model.target=hog set model.norm_pix=false "
+                            "(or use method=maskfeat)")
+        if self.patch_size % self.hog_cell:
+            raise UserError(f"model.hog_cell={self.hog_cell} must divide model.patch_size={self.patch_size}")
+        return HOGTarget(self.patch, cell=self.hog_cell, bins=self.hog_bins)
 
 
 class VideoMAE(MaskedAutoencoder):
@@ -97,30 +120,37 @@ class VideoMAE(MaskedAutoencoder):
                                  (c.image_hw[1], c.patch_size, "img_size / patch_size")):
             if size < 1 or axis % size:
                 raise UserError(f"model {name}: {axis} is not divisible by {size}; choose sizes that divide")
-        if c.decoder_depth < 1:
-            raise UserError("model.decoder_depth must be at least 1 for VideoMAE")
+        if c.encoder_mode not in ("drop", "mask_token"):
+            raise UserError(f"model.encoder_mode must be 'drop' or 'mask_token', got {c.encoder_mode!r}")
+        mask_token = c.encoder_mode == "mask_token"
+        if c.decoder_depth < 1 and not mask_token:
+            raise UserError("model.decoder_depth must be at least 1 when the encoder drops hidden tubelets "
+                            "(a linear head needs model.encoder_mode=mask_token, as method=maskfeat)")
+        if mask_token and c.decoder_mask_ratio:
+            raise UserError("model.decoder_mask_ratio (VideoMAE v2 dual masking) thins a transformer decoder's "
+                            "work; with model.encoder_mode=mask_token leave it at 0")
         if len(c.pixel_mean) != c.in_chans or len(c.pixel_std) != c.in_chans:
             raise UserError(f"model.pixel_mean/pixel_std need {c.in_chans} values (one per channel)")
         masking = build_masking(**c.masking)
         decode = None
         if c.decoder_mask_ratio:
             decode = RunningCellDecoding(c.decoder_mask_ratio, c.decoder_mask_cell)
+        target = c.build_target()
         encoder = MaskedEncoder(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, drop_path=c.drop_path, class_token=False,
-                                final_norm=c.encoder_norm)
-        out_dim = c.tubelet_size * c.patch_size**2 * c.in_chans
-        decoder = MaskedDecoder(c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads, out_dim,
-                                mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias, norm_eps=c.norm_eps,
-                                embed_bias=c.decoder_embed_bias, head_norm_eps=c.decoder_norm_eps)
+                                final_norm=c.encoder_norm, mask_token=mask_token)
+        decoder = MaskedDecoder(c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads,
+                                target.width(c.in_chans), mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
+                                norm_eps=c.norm_eps, embed_bias=c.decoder_embed_bias,
+                                head_norm_eps=c.decoder_norm_eps, fill_hidden=not mask_token)
         super().__init__(
             tokenizer=PatchTokenizer(c.in_chans, c.embed_dim, c.patch),
             encoder=encoder,
             decoder=decoder,
             encoder_pos=build_position(c.pos_embed, c.embed_dim),
-            decoder_pos=build_position(c.pos_embed, c.decoder_dim),
+            decoder_pos=build_position(c.pos_embed, c.decoder_dim) if c.decoder_depth else None,
             masking=masking,
-            target=PixelTarget(c.patch, norm_pix=c.norm_pix, per_channel=c.in_chans if c.norm_pix_per_channel else None,
-                               eps=1e-6, eps_outside=True, mean=c.pixel_mean, std=c.pixel_std),
+            target=target,
             loss=c.loss,
             decode_subset=decode,
         )
@@ -130,7 +160,9 @@ class VideoMAE(MaskedAutoencoder):
     def reset_parameters(self) -> None:
         init_mae_weights(self)
         self.tokenizer.reset_parameters()
-        torch.nn.init.normal_(self.decoder.mask_token, std=0.02)
+        for token in (self.encoder.mask_token, self.decoder.mask_token):
+            if token is not None:
+                torch.nn.init.normal_(token, std=0.02)
 
     def features(self, x: torch.Tensor, pool: str = "mean") -> torch.Tensor:
         """Clip features ``[B, D]`` with no masking: mean of the token features (``pool=mean``) or all tokens."""

@@ -13,6 +13,7 @@ from torch import nn
 from mimx.config import UserError, from_mapping, to_plain
 from mimx.data.stream import ShardStream, first_batch
 from mimx.data.transforms import Normalizer
+from mimx.masking import MASKINGS
 from mimx.modalities.video.data import VideoDataConfig, VideoDecoder, count_videos, video_stream
 from mimx.modalities.video.figures import save_strip, video_panels
 from mimx.modalities.video.model import VideoMAE, VideoMAEConfig, video_mae_config
@@ -65,7 +66,9 @@ class VideoPretrainTask:
             return model(x, noise=ctx.global_noise(x.shape[0], h * w), decode_noise=decode_noise).loss
         if self.mask_kind == "random":
             return model(x, noise=ctx.global_noise(x.shape[0], t * h * w), decode_noise=decode_noise).loss
-        return model(x, generator=ctx.local, decode_noise=decode_noise).loss
+        # block (cube) masks are drawn with numpy on the host: a host generator, never a device one read back
+        host = getattr(MASKINGS.get(self.mask_kind), "on_host", False)
+        return model(x, generator=ctx.host_local if host else ctx.local, decode_noise=decode_noise).loss
 
     def figure(self, model: VideoMAE, path: Path) -> None:
         if self.figure_clips is None:
