@@ -121,9 +121,7 @@ class EvalData:
                 for part in ("train", "val", "test")}
 
     def skipped(self) -> dict[str, Any]:
-        """Skipped samples of every process together (collective when shared)."""
-        if self.world == 1:
-            return self.skips.state_dict()
+        """Skipped samples of every process together (collective under torchrun)."""
         total = SkipLog()
         for state in gather_objects(self.skips.state_dict()):
             total.count += state["count"]
@@ -279,12 +277,9 @@ def eval_processes(device: str, protocol: str, several: Sequence[str] = ("finetu
 
 
 def scored(model: torch.nn.Module, batches: Iterable[Any], prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
-           precision: Precision, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+           precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`predict` over this process's share of a part, then every process's shares together."""
-    pred, labels = predict(model, batches, prepare, precision)
-    if world == 1:
-        return pred, labels
-    shares = gather_objects((pred, labels))
+    shares = gather_objects(predict(model, batches, prepare, precision))
     return torch.cat([p for p, _ in shares]), torch.cat([y for _, y in shares])
 
 
@@ -316,15 +311,17 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
             return data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed + epoch)
     else:  # equal step counts on every process, whatever each one's shards hold
         loader = data.batches("train", train_transform=True, batch_size=ft.batch_size, seed=seed, endless=True)
-        stream: list = []  # started at the first epoch, after a resumed run has positioned the loader
+
+        def endless():  # iterated from the first epoch on, after a resumed run has positioned the loader
+            yield from loader
+
+        stream = endless()
 
         def train_epoch(epoch: int):
-            if not stream:
-                stream.append(iter(loader))
-            return itertools.islice(stream[0], steps * ft.accum_steps)
+            return itertools.islice(stream, steps * ft.accum_steps)
 
     def val_scores(model: torch.nn.Module, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-        return scored(model, data.batches("val", batch_size=eval_batch_size), prepare, precision, dist.world)
+        return scored(model, data.batches("val", batch_size=eval_batch_size), prepare, precision)
 
     best = finetune(classifier, ft, depth=depth, num_classes=num_classes, train_epoch=train_epoch,
                     val_scores=val_scores, prepare=prepare, steps_per_epoch=steps, device=device, seed=seed,
@@ -333,8 +330,7 @@ def finetune_protocol(model: torch.nn.Module, ft: FinetuneConfig, data: EvalData
         return {"stopped_at_epoch": best.stopped_at_epoch, "epochs": ft.epochs}
     # finetune() hands back an fp32 model: score it under autocast (bf16-pure trained models included)
     test_precision = Precision.for_fp32_model(ft.precision, device)
-    pred, labels = scored(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision,
-                          dist.world)
+    pred, labels = scored(classifier, data.batches("test", batch_size=eval_batch_size), prepare, test_precision)
     return dict(num_classes=num_classes, train_samples=counts["train"], val_samples=counts["val"],
                 test_samples=counts["test"], test_scored=len(labels), val_top1=best.best_val_top1,
                 test_top1=accuracy(pred, labels),

@@ -311,13 +311,14 @@ class Trainer:
             print(f"\n[mimx] signal {signum}: finishing this step, writing a checkpoint, then stopping "
                   "(send it again to stop at once)", file=sys.stderr)
 
-    def _figure(self) -> None:
-        """Draw the task's figure with the current weights (collective under FSDP, which gathers them)."""
+    def _figure(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Draw the task's figure with the current weights (collective under FSDP, which gathers them unless
+        ``state``, this step's :meth:`model_state`, is at hand)."""
         if not hasattr(self.task, "figure"):
             return
         model = self.model
         if self.sharded:
-            state = sharding.full_model_state(self.model)
+            state = sharding.full_model_state(self.model) if state is None else state
             if self.figure_model is not None:
                 self.figure_model.load_state_dict(state)
             model = self.figure_model
@@ -436,7 +437,7 @@ class Trainer:
         final = self.model_state()
         path = self.save(model_state=final)
         if cfg.figure_every:
-            self._figure()
+            self._figure(final)
         if main:
             if self.step >= self.total_steps:
                 self._export_weights(final)

@@ -42,6 +42,8 @@ class VideoPretrainTask:
         self.data = data
         self.normalizer = Normalizer(data.mean, data.std)
         self.mask_kind = config.masking.get("kind", "tube")
+        # block (cube) masks are drawn with numpy on the host: a host generator, never a device one read back
+        self.host_masking = getattr(MASKINGS.get(self.mask_kind), "on_host", False)
         self.figure_clips = figure_clips
         self.figure_seed = figure_seed
 
@@ -66,9 +68,7 @@ class VideoPretrainTask:
             return model(x, noise=ctx.global_noise(x.shape[0], h * w), decode_noise=decode_noise).loss
         if self.mask_kind == "random":
             return model(x, noise=ctx.global_noise(x.shape[0], t * h * w), decode_noise=decode_noise).loss
-        # block (cube) masks are drawn with numpy on the host: a host generator, never a device one read back
-        host = getattr(MASKINGS.get(self.mask_kind), "on_host", False)
-        return model(x, generator=ctx.host_local if host else ctx.local, decode_noise=decode_noise).loss
+        return model(x, generator=ctx.host_local if self.host_masking else ctx.local, decode_noise=decode_noise).loss
 
     def figure(self, model: VideoMAE, path: Path) -> None:
         if self.figure_clips is None:
