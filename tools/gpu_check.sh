@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The prepared GPU check for a session lent a device machine (docs/benchmarks.md, "GPU figures"):
-#   here, once:  tools/gpu_wheels.sh                       (hydra, omegaconf, webdataset wheels into .whl/)
-#   there:       run(command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=580)
+#   here, once:  tools/gpu_wheels.sh                       (hydra, omegaconf, webdataset, decord wheels into .whl/)
+#   there:       run(command="bash tools/gpu_check.sh", timeout_s=580, carry=[".whl", "data/samples/mnist",
+#                    "data/samples/mnist_test", "data/samples/photos", "data/samples/video_clips",
+#                    "data/samples/point_clouds", "data/samples/scenes"])
 # Installs mimx and the carried wheels into /tmp/site (the machine's image holds torch, timm, transformers),
-# then runs, each under its own time limit (about 400 s when all goes well) and logged to $OUT: the CUDA
-# tests, the matmul peak, the train steps of mimx against transformers (ViT-B and ViT-L MAE, VideoMAE-B) in
-# bf16 with throughput and share of the measured peak, then the Point-MAE ops and step, the MultiMAE step,
-# MaskFeat's HOG target, BEiT's token lookup and its hidden-only head. Each benchmark configuration starts its
-# own process (tens of seconds of start-up each there).
-# QUICK=1 DEVICE=cpu: a dry run. COMPILED=1: instead, only ViT-B MAE eager against torch.compile with CUDA graphs
-# (mode reduce-overhead) for both mimx and transformers, paired in one process (a second call, about 200 s).
+# then runs, each under its own time limit and logged to $OUT, skipping what would end past DEADLINE seconds
+# (default 540): the CLI end to end on the sample shards (tools/gpu_e2e.sh), the CUDA tests, the matmul peak,
+# the train steps of mimx against transformers (ViT-B, then ViT-L MAE and VideoMAE-B) in bf16 with throughput
+# and share of the measured peak, MaskFeat's HOG target, BEiT's token lookup and its hidden-only head, the
+# Point-MAE ops and step, the MultiMAE step. Each benchmark configuration starts its own process.
+# QUICK=1 DEVICE=cpu: a dry run. COMPILED=1: instead, ViT-B MAE eager against torch.compile with CUDA graphs
+# (mode reduce-overhead) for both mimx and transformers, paired in one process, then a short training run
+# with train.compile=reduce-overhead through the CLI (a second call, about 250 s).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -22,8 +25,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 python3 -c "import torch, timm, transformers; print(torch.__version__, timm.__version__, transformers.__version__)" \
     >> "$OUT/gpu.txt" 2>&1
 
+DEADLINE=${DEADLINE:-540}
 step() {  # name, limit in seconds, then the benchmark's arguments
     local name=$1 limit=$2; shift 2
+    if [ $((SECONDS + limit)) -gt "$DEADLINE" ]; then echo "== $name: skipped (deadline)"; return; fi
     echo "== $name"
     timeout "$limit" python3 tools/benchmark.py "$@" --device "$DEVICE" > "$OUT/$name.txt" 2>&1
     echo "rc $?" >> "$OUT/$name.txt"
@@ -32,8 +37,16 @@ step() {  # name, limit in seconds, then the benchmark's arguments
 if [ "${COMPILED:-0}" = 1 ]; then
     step image_b_compiled 240 paired --model base --batch 64 --steps 10 --warmup 3 --compile-mode reduce-overhead \
         --pair mimx:bf16,transformers-sdpa:bf16,mimx:bf16:compiled,transformers-sdpa:bf16:compiled
+    echo "== train.compile=reduce-overhead through the CLI"
+    timeout 200 python3 -P -m mimx image pretrain experiment=demo train.device="$DEVICE" train.precision=bf16 \
+        train.compile=reduce-overhead train.steps=60 train.log_every=10 train.progress=false train.tensorboard=false \
+        run.dir=/tmp/mimx_compiled_run > "$OUT/train_compiled.txt" 2>&1
+    echo "rc $?" >> "$OUT/train_compiled.txt"
+    tail -6 "$OUT/train_compiled.txt"
     exit 0
 fi
+echo "== end to end"
+timeout 300 bash tools/gpu_e2e.sh
 if [ "${QUICK:-0}" = 1 ]; then
     step image 300 step --model tiny --image 32 --patch 8 --batch 4 --steps 2 --warmup 1 --repeats 1 --precisions bf16
     step video 300 step --modality video --model tiny --image 32 --frames 4 --batch 2 --steps 2 --warmup 1 \
@@ -45,8 +58,11 @@ fi
     -k cuda) > "$OUT/tests.txt" 2>&1
 tail -2 "$OUT/tests.txt"
 step peak 30 peak
-step image_b 120 step --model base --batch 256 --steps 10 --warmup 3 --repeats 1 --precisions bf16 \
+step image_b 100 step --model base --batch 64 --steps 10 --warmup 3 --repeats 1 --precisions bf16 \
     --peers transformers-sdpa
+step hog 30 hog --batch 64
+step tokens 30 tokens --batch 64
+step beit_head 45 head --model base --batch 64 --steps 8 --warmup 2
 step image_l 90 step --model large --batch 32 --steps 10 --warmup 3 --repeats 1 --precisions bf16 \
     --peers transformers-sdpa
 step video_b 130 step --modality video --model base --batch 8 --steps 10 --warmup 3 --repeats 1 --precisions bf16 \
@@ -54,6 +70,3 @@ step video_b 130 step --modality video --model base --batch 8 --steps 10 --warmu
 step point_ops 40 point-ops
 step point_step 40 point-step --precisions bf16
 step multimodal 40 multimodal-step --model base --image 224 --patch 16 --batch 64 --precisions bf16
-step hog 30 hog --batch 64
-step tokens 30 tokens --batch 64
-step beit_head 45 head --model base --batch 64 --steps 8 --warmup 2
