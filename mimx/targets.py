@@ -202,7 +202,9 @@ class TokenTarget(nn.Module):
     codes refuses to score until :meth:`load_codes` or a checkpoint fills it.
     """
 
-    constant_buffers = ("codebook",)  # never trained: distributed training need not re-send it every step
+    # never trained: distributed training need not re-send it every step; once ``loaded`` (from the config's
+    # codebook), a run started from other weights (``train.init``) keeps it
+    constant_buffers = ("codebook",)
 
     def __init__(self, patch: tuple[int, ...], vocab_size: int, channels: int) -> None:
         super().__init__()

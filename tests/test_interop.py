@@ -127,7 +127,7 @@ def test_timm_export_round_trip(kwargs):
         for p in mae.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     vit = to_timm(mae).eval()
-    fresh = build_timm_vit(timm_kwargs(mae.config))  # a plain timm ViT takes the export with strict=True
+    fresh = build_timm_vit(timm_kwargs(mae))  # a plain timm ViT takes the export with strict=True
     result = fresh.load_state_dict(timm_state_dict(mae), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(2, 3, *mae.config.image_hw)

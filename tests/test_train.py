@@ -99,6 +99,19 @@ def test_crash_while_saving_keeps_the_last_good_checkpoint(samples, tmp_path, mo
     assert ckpt.load(path)["step"] == 4
 
 
+def test_loaded_checkpoint_is_mapped_copy_on_write_and_legacy_files_still_load(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt.save_atomic({"model": {"w": torch.zeros(4096)}}, path)
+    before = path.read_bytes()
+    state = ckpt.load(path)
+    state["model"]["w"].add_(1.0)  # as an optimizer steps the moments it resumed with, in place
+    assert path.read_bytes() == before
+    assert ckpt.load(path)["model"]["w"].abs().sum() == 0
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": {"w": torch.ones(3)}}, legacy, _use_new_zipfile_serialization=False)
+    assert ckpt.load(legacy)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_sigterm_stops_cleanly_and_rerun_continues(samples, tmp_path):
     run_dir = tmp_path / "run"
     args = tiny_overrides(run_dir, samples, "train.steps=100000", "train.log_every=1")
@@ -166,6 +179,25 @@ def test_init_starts_a_new_run_from_another_runs_weights(samples, tmp_path, caps
         run(tiny_overrides(tmp_path / "third", samples, "train.steps=1", "model.depth=3", f"train.init={first}"))
     with pytest.raises(UserError, match="does not exist"):
         run(tiny_overrides(tmp_path / "fourth", samples, "train.steps=1", f"train.init={tmp_path / 'nothing'}"))
+
+
+def test_init_keeps_a_configured_codebook_and_else_takes_the_inits(samples, tmp_path, capsys):
+    info = {"patch": [4, 4], "channels": 3, "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+    codes = [torch.randn(32, 48, generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    files = [save_codebook(tmp_path / f"codes{i}.safetensors", c, info) for i, c in enumerate(codes)]
+
+    def beit(run_dir: Path, *extra: str):
+        args = [a for a in tiny_overrides(run_dir, samples, "train.steps=2", "method=beit", *extra)
+                if not a.startswith("model.decoder_")]
+        run(args)
+        return ckpt.load(run_dir / "checkpoints" / "last.pt")["model"]["target.codebook"]
+
+    assert torch.equal(beit(tmp_path / "first", f"model.codebook={files[0]}"), codes[0])
+    capsys.readouterr()
+    kept = beit(tmp_path / "second", f"model.codebook={files[1]}", f"train.init={tmp_path / 'first'}")
+    assert torch.equal(kept, codes[1]) and "target.codebook kept as configured" in capsys.readouterr().err
+    taken = beit(tmp_path / "third", f"train.init={tmp_path / 'first'}")  # codes and their count
+    assert torch.equal(taken, codes[0]) and "target.codebook taken from" in capsys.readouterr().err
 
 
 def test_strategy_choices_and_what_fsdp_refuses(samples, tmp_path):

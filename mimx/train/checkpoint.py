@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             from safetensors.torch import load_file
 
             return {"model": load_file(str(path), device=str(map_location))}
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mapped, not read: processes that resume from one file share its pages (copy-on-write: never written
+        # back); files in torch's legacy (pre-zip) format cannot be mapped and are read
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc)[:200]}"
         raise UserError(f"checkpoint {path} cannot be read ({reason}); it is not a mimx checkpoint or it is "

@@ -259,6 +259,7 @@ class Trainer:
     def _initialize(self, path: str) -> None:
         """Start from ``train.init``'s weights (the optimizer starts fresh)."""
         state = ckpt.initial_weights(path, self._meta(), getattr(self.task, "convert_weights", None))
+        self._keep_configured_constants(state, path)
         try:
             if self.sharded:
                 sharding.load_model_state(self.model, state)
@@ -268,6 +269,27 @@ class Trainer:
             raise UserError(f"train.init={path} does not fit this model: {str(exc)[:300]}") from None
         if self.dist.is_main:
             print(f"[mimx] starting from the weights of {path}", file=sys.stderr)
+
+    def _keep_configured_constants(self, state: dict[str, torch.Tensor], path: str) -> None:
+        """Constant buffers this run's config already filled (a BEiT codebook from ``model.codebook``) win over
+        ``train.init``'s; each that differs, and each taken from the init instead, is said."""
+        notes = []
+        for name, module in self.model.named_modules():
+            for buffer in getattr(module, "constant_buffers", ()):
+                key = f"{name}.{buffer}" if name else buffer
+                if not getattr(module, "loaded", False):
+                    if key in state:
+                        notes.append(f"{key} taken from {path}")
+                    continue
+                mine = getattr(module, buffer).detach().cpu()
+                theirs = state.get(key)
+                if theirs is not None and not (theirs.shape == mine.shape and torch.equal(theirs.to(mine), mine)):
+                    notes.append(f"{key} kept as configured, not {path}'s (the init's head learned other ids; "
+                                 "leave the setting out to keep the init's)")
+                state[key] = mine
+        if self.dist.is_main:
+            for note in notes:
+                print(f"[mimx] train.init: {note}", file=sys.stderr)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The whole model state with fp32 weights (collective under FSDP: ``{}`` off the main process)."""
@@ -422,12 +444,18 @@ class Trainer:
                     stopped = any_rank(self._stop_requested, self.device)
                 if not self.dist.enabled:
                     stopped = self._stop_requested
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not at_end:
-                    self.save()
-                if cfg.keep_every and self.step % cfg.keep_every == 0:
-                    self.save(self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt")
-                if cfg.figure_every and self.step % cfg.figure_every == 0 and not at_end:
-                    self._figure()  # every rank: FSDP gathers the weights
+                due_ckpt = bool(cfg.ckpt_every) and self.step % cfg.ckpt_every == 0 and not at_end
+                due_keep = bool(cfg.keep_every) and self.step % cfg.keep_every == 0
+                due_figure = bool(cfg.figure_every) and self.step % cfg.figure_every == 0 and not at_end
+                # every rank takes part: FSDP gathers the weights, once for all that is due at this step
+                state = self.model_state() if self.sharded and due_ckpt + due_keep + due_figure > 1 else None
+                if due_ckpt:
+                    self.save(model_state=state)
+                if due_keep:
+                    self.save(self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt", model_state=state)
+                if due_figure:
+                    self._figure(state)
+                state = None
                 if stopped:
                     break
         finally:

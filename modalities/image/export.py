@@ -27,7 +27,7 @@ def export_timm(path: str | Path, out: str | Path) -> dict:
     The export is checked: the timm model must give the encoder's features.
     """
     model = load_image_mae(path)
-    kwargs = timm_kwargs(model.config)
+    kwargs = timm_kwargs(model)
     vit = to_timm(model).eval()
     x = torch.randn(2, model.config.in_chans, *model.config.image_hw)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from mimx.config import UserError
 from mimx.interop import check_hf_blocks, normalise_hf_keys, pop_hf_blocks
 from mimx.modalities.image.model import ImageMAE, ImageMAEConfig
 from mimx.pos_embed import sincos_grid
-from mimx.timm_vit import build_timm_vit, load_timm_vit, timm_vit_state
+from mimx.timm_vit import build_timm_vit, load_timm_vit, timm_vit_kwargs, timm_vit_state
 
 
 def _mlp_ratio(name: str, width: int, inner: int) -> float:
@@ -131,14 +131,10 @@ def from_transformers(model: Any) -> ImageMAE:
 # ---------------------------------------------------------------- timm export
 
 
-def timm_kwargs(config: ImageMAEConfig) -> dict[str, Any]:
+def timm_kwargs(mae: ImageMAE) -> dict[str, Any]:
     """``timm.models.vision_transformer.VisionTransformer`` arguments matching the encoder (JSON-safe)."""
-    return dict(
-        img_size=list(config.image_hw), patch_size=config.patch_size, in_chans=config.in_chans,
-        embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
-        mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, num_classes=0, global_pool="token",
-        class_token=True, norm_eps=config.norm_eps, init_values=config.layer_scale or None,
-    )
+    c = mae.config
+    return timm_vit_kwargs(mae.encoder, c.image_hw, c.patch_size, c.in_chans)
 
 
 def timm_state_dict(mae: ImageMAE) -> dict[str, torch.Tensor]:
@@ -151,4 +147,4 @@ def timm_state_dict(mae: ImageMAE) -> dict[str, torch.Tensor]:
 
 def to_timm(mae: ImageMAE, **overrides: Any) -> nn.Module:
     """A timm ``VisionTransformer`` holding the mimx encoder; loads with no missing or unexpected keys."""
-    return load_timm_vit(build_timm_vit(timm_kwargs(mae.config), **overrides), timm_state_dict(mae))
+    return load_timm_vit(build_timm_vit(timm_kwargs(mae), **overrides), timm_state_dict(mae))

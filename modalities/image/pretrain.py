@@ -113,6 +113,14 @@ def sections(cfg: DictConfig, *, check_tokens: bool = True) -> tuple[TrainConfig
             print(f"[mimx] codebook {codebook} is gone; the run continues with the codes in {saved}", file=sys.stderr)
         vocab = model_values.get("vocab_size") or ckpt.load(saved)["meta"]["model_config"].get("vocab_size")
         model_values.update(codebook=None, vocab_size=vocab)
+    # a new run started from another token run's weights (train.init) without a codebook of its own takes the
+    # init's codes (the trainer fills them) and, unless set, its vocabulary size
+    from_init = False
+    if not resuming and check_tokens and train.init and model_values.get("target") == "tokens" and not codebook:
+        init_config = _init_model_config(train.init)
+        if init_config and init_config.get("target") == "tokens":
+            from_init = True
+            model_values["vocab_size"] = model_values.get("vocab_size") or init_config.get("vocab_size")
     model = image_mae_config(model_values)
     data = from_mapping(ImageDataConfig, cfg.data, "data")
     if tuple(model.image_hw) != data.hw:
@@ -122,9 +130,17 @@ def sections(cfg: DictConfig, *, check_tokens: bool = True) -> tuple[TrainConfig
         raise UserError(f"model.in_chans={model.in_chans} but data.channels={data.channels}")
     if len(data.mean) != data.channels or len(data.std) != data.channels:
         raise UserError(f"data.mean and data.std need {data.channels} values, one per channel")
-    if model.target == "tokens" and check_tokens and not (resuming and model.codebook is None):
+    if model.target == "tokens" and check_tokens and not ((resuming or from_init) and model.codebook is None):
         check_codebook(model, data)
     return train, model, data
+
+
+def _init_model_config(path: str) -> dict | None:
+    """The model config of a mimx run, checkpoint or weights file (``None`` for anything else)."""
+    try:
+        return ckpt.read_model(path)[1].get("model_config")
+    except UserError:
+        return None
 
 
 def check_codebook(model: ImageMAEConfig, data: ImageDataConfig) -> None:
