@@ -129,6 +129,25 @@ def test_truncated_shard_is_reported_and_reading_goes_on(tmp_path):
     assert loader.skips.count >= 1 and "t-000000.tar" in loader.skips.report()
 
 
+def _hangs_on_seven(sample, rng):
+    if int(sample["txt"].decode()) == 7:  # a decoder stuck in native code never returns (decord on some videos)
+        import time
+
+        time.sleep(3600)
+    return _index_decoder(sample, rng)
+
+
+def test_a_stuck_decoder_stops_the_loader_with_one_clear_message(tmp_path):
+    shards = _write_numbered(tmp_path, 2, 5)
+    stream = ShardStream(shards, _hangs_on_seven, batch_size=1, shuffle=0)
+    loader = StreamLoader(stream, num_workers=2, prefetch_factor=1, timeout=5)
+    seen = []
+    with pytest.raises(UserError, match=r"no batch from the 2 data worker\(s\) in 5 s.*data.backend=pyav"):
+        for batch in loader:
+            seen.append(int(batch["idx"]))
+    assert 7 not in seen and {0, 1} <= set(seen)  # what came before the stuck sample was delivered
+
+
 def test_memory_stream_reads_a_kept_subset_once_per_epoch(tmp_path):
     shards = _write_numbered(tmp_path, 3, 10)
     samples = read_raw(shards, lambda key: int(key[1:]) % 3 == 0)

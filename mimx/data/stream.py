@@ -368,12 +368,13 @@ class StreamLoader:
     """
 
     def __init__(self, stream: ShardStream, *, num_workers: int = 2, pin_memory: bool = False,
-                 prefetch_factor: int = 4) -> None:
+                 prefetch_factor: int = 4, timeout: float = 0) -> None:
         stream.check_split(num_workers)
         self.stream = stream
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
+        self.timeout = timeout  # seconds without a batch from the workers before it stops with a message; 0: wait
         self.positions: dict[int, tuple[int, int]] = {}
         self.batches = 0
         self.skips = SkipLog()
@@ -405,12 +406,12 @@ class StreamLoader:
         loader = DataLoader(
             self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-            persistent_workers=False,
+            persistent_workers=False, timeout=self.timeout if self.num_workers else 0,
             # the workers' base seed comes from the stream's seed, not from the global generator: starting an
             # iterator must not shift the training's random stream (drop-path), or a resumed run would differ
             generator=torch.Generator().manual_seed(self.stream.seed * 7919 + self.stream.rank),
         )
-        for batch in loader:
+        for batch in self._guarded(loader):
             worker, epoch, consumed = batch.pop("_pos")
             self.skips.extend(batch.pop("_skips"))
             self.positions[int(worker)] = (int(epoch), int(consumed))
@@ -418,6 +419,26 @@ class StreamLoader:
                 continue
             self.batches += 1
             yield batch
+
+
+    def _guarded(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
+        """The loader's batches; a worker that delivers nothing for ``timeout`` seconds stops the run clearly."""
+        it = iter(loader)
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if not str(exc).startswith("DataLoader timed out"):
+                    raise
+                raise UserError(
+                    f"no batch from the {self.num_workers} data worker(s) in {self.timeout:g} s, after "
+                    f"{self.batches} batches: a decoder is stuck on a sample (decord is known to hang on some "
+                    "videos). Nothing written is damaged: run again to continue from the last checkpoint. If it "
+                    "stops at the same place, switch decoder (data.backend=pyav) or re-encode the videos "
+                    "(mimx video shards --keyint); a slow but working source needs a longer train.data_timeout"
+                ) from None
 
 
 def first_batch(stream: ShardStream, key: str, what: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class TrainConfig:
     fused_attention: str | bool = "auto"  # auto (SDPA; matmul + softmax under autograd, bf16 on CPU) | true | false
     device: str = "auto"  # auto | cpu | cuda
     strategy: str = "auto"  # auto (DDP) | ddp | fsdp (weights, gradients and optimizer state sharded; FSDP2)
+    data_timeout: float = 1800  # seconds without a batch from the data workers before the run stops, saying so
     cpu_allocator: str = "auto"  # auto (heap on the CPU: no page faults for large tensors every step) | heap | system
     compile: bool | str = False  # false | true (torch.compile's default mode) | reduce-overhead | max-autotune
     grad_checkpointing: bool = False

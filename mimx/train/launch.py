@@ -28,7 +28,7 @@ def run_pretraining(cfg: DictConfig, train: TrainConfig, build: Build, *, num_wo
         seed_everything(train.seed)
         model, stream, samples, task = build(dist)
         loader = StreamLoader(stream, num_workers=num_workers, pin_memory=dist.device.type == "cuda",
-                              prefetch_factor=prefetch)
+                              prefetch_factor=prefetch, timeout=train.data_timeout)
         plain: dict[str, Any] = to_plain(cfg)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
