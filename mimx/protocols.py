@@ -26,7 +26,7 @@ from mimx.data.shards import expand_shards
 from mimx.data.split import FilteredDecoder, KeyShare, SplitFilter, count_kept
 from mimx.data.stream import Decoder, MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
 from mimx.evaluation import accuracy, knn_predict, probe_predict, train_attentive_probe, train_linear_probe
-from mimx.train.distributed import DistInfo, gather_objects, init_distributed
+from mimx.train.distributed import DistInfo, gather_objects, gather_to_main, init_distributed
 from mimx.train.finetune import FinetuneConfig, finetune, predict
 from mimx.train.metrics import MetricsLog
 from mimx.train.precision import Precision
@@ -106,22 +106,48 @@ class EvalData:
                       "test": SplitFilter("all")}
         self._memory: dict[str, list | None] = {}
         self.rank, self.world = 0, 1  # several processes: see share()
+        self._skipped: dict[str, Any] | None = None
 
     def share(self, dist: DistInfo) -> None:
         """Split the work over ``dist``'s processes: training streams read their own shards (or in-memory
         samples) without end; one-pass parts decode their own share of the keys (:class:`KeyShare`)."""
         self.rank, self.world = dist.rank, dist.world
 
-    def frozen_features(self, featurize: Callable[[dict[str, Any]], torch.Tensor], protocol: str
-                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def frozen_features(self, featurize: Callable[[dict[str, Any]], torch.Tensor], protocol: str,
+                        dist: DistInfo | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
         """``featurize`` over the train, val and test parts, cached as :func:`feature_dtype` within
-        ``data.feature_cache_gb`` (token caches of long clips or large sets stop with a clear message)."""
+        ``data.feature_cache_gb`` (token caches of long clips or large sets stop with a clear message).
+
+        With several processes (``dist`` under torchrun) each one extracts the keys of its hash share of
+        every part; the main process receives them all, in key order (so the result does not depend on the
+        process count), and returns them; the others return ``None`` and are done.
+        """
         budget = FeatureBudget(self.cfg)
-        return {part: extract_features(self.batches(part), featurize, feature_dtype(protocol), budget, part)
-                for part in ("train", "val", "test")}
+        dtype = feature_dtype(protocol)
+        if dist is None or dist.world == 1:
+            return {part: extract_features(self.batches(part), featurize, dtype, budget, part)
+                    for part in ("train", "val", "test")}
+        self.share(dist)
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for part in ("train", "val", "test"):
+            keys: list[str] = []
+            feats, labels = extract_features(self.batches(part, keyed=True), featurize, dtype, budget, part,
+                                             keys=keys)
+            shares = gather_to_main((feats, labels, keys))
+            if shares is not None:
+                shares = [s for s in shares if len(s[1])]
+                if not shares:
+                    raise UserError(f"no labelled sample in the {part} split; check data.val_fraction and the shards")
+                every = [k for _, _, ks in shares for k in ks]
+                order = torch.tensor(sorted(range(len(every)), key=every.__getitem__), dtype=torch.long)
+                parts[part] = (torch.cat([f for f, _, _ in shares])[order], torch.cat([y for _, y, _ in shares])[order])
+        self._skipped = self.skipped()  # collective: gathered now, while every process is still here
+        return parts if dist.is_main else None
 
     def skipped(self) -> dict[str, Any]:
-        """Skipped samples of every process together (collective under torchrun)."""
+        """Skipped samples of every process together (collective under torchrun, once)."""
+        if self._skipped is not None:
+            return self._skipped
         total = SkipLog()
         for state in gather_objects(self.skips.state_dict()):
             total.count += state["count"]
@@ -142,14 +168,17 @@ class EvalData:
         return self._memory[part]
 
     def batches(self, part: str, *, train_transform: bool = False, batch_size: int | None = None,
-                seed: int = 0, endless: bool = False) -> StreamLoader:
+                seed: int = 0, endless: bool = False, keyed: bool = False) -> StreamLoader:
         """One pass over a part: deterministic views in file order, or (``train_transform``) shuffled augmentations.
 
         ``endless``: a stream without end of this process's own shards or samples (training on several
         processes); otherwise, with several processes, one pass over this process's share of the keys.
+        ``keyed``: batches carry their samples' keys as ``_key``.
         """
         urls = self.urls(part)
         decoder = self.make_decoder(train_transform)
+        if keyed:
+            decoder = _Keyed(decoder)
         kwargs: dict[str, Any] = dict(batch_size=batch_size or self.cfg.batch_size,
                                       shuffle=2000 if train_transform else 0, seed=seed, epochs=None if endless else 1)
         if endless:
@@ -193,6 +222,15 @@ class EvalData:
         return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
 
 
+class _Keyed:
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+
+    def __call__(self, sample: dict[str, Any], rng: Any) -> dict[str, Any] | None:
+        out = self.decoder(sample, rng)
+        return None if out is None else {**out, "_key": sample["__key__"]}
+
+
 class _LabelOnly:
     def __init__(self, read_label: Callable[[dict[str, Any]], int]) -> None:
         self.read_label = read_label
@@ -227,20 +265,26 @@ class FeatureBudget:
 
 @torch.no_grad()
 def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]], torch.Tensor],
-                     dtype: torch.dtype = torch.float32, budget: FeatureBudget | None = None, part: str = ""
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     dtype: torch.dtype = torch.float32, budget: FeatureBudget | None = None, part: str = "",
+                     keys: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``featurize(batch)`` over a loader: features ``[N, ...]`` as ``dtype`` on the CPU and labels ``[N]``.
 
-    Token features for the attentive probe are kept as bf16 (half the memory of a large cache)."""
+    Token features for the attentive probe are kept as bf16 (half the memory of a large cache). With
+    ``keys`` (a keyed loader, one process's share) the samples' keys are appended to it, and an empty share
+    gives empty tensors instead of an error."""
     feats, labels = [], []
     for batch in loader:
         if "label" not in batch:  # a final report-only batch of a finite stream
             continue
+        if keys is not None:
+            keys.extend(batch.pop("_key"))
         feats.append(featurize(batch).to(dtype).cpu())
         labels.append(batch["label"].long())
         if budget is not None:
             budget.charge(feats[-1], part)
     if not feats:
+        if keys is not None:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long)
         raise UserError("no labelled sample in this split; check data.val_fraction and the shards")
     return torch.cat(feats), torch.cat(labels)
 
@@ -266,7 +310,8 @@ def frozen_precision(model: torch.nn.Module, precision: str, device: torch.devic
     return chosen
 
 
-def eval_processes(device: str, protocol: str, several: Sequence[str] = ("finetune",)) -> DistInfo:
+def eval_processes(device: str, protocol: str,
+                   several: Sequence[str] = ("knn", "linear", "attentive", "svm", "finetune")) -> DistInfo:
     """This process's place when launched by torchrun (only for the protocols in ``several``), or a single
     process."""
     dist = init_distributed(device)

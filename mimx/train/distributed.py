@@ -70,6 +70,17 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` on the main process, in rank order; ``None`` on the others (a one-item list
+    without a process group). Only the main process holds the whole, unlike :func:`gather_objects`."""
+    if not dist.is_initialized():
+        return [obj]
+    main = dist.get_rank() == 0
+    out: list[Any] | None = [None] * dist.get_world_size() if main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         value = value.clone()

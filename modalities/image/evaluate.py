@@ -104,8 +104,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                                                                               device)
         pool = "tokens" if protocol == "attentive" else cfg.pool
         featurize = _featurizer(encoder, normalizer, pool, device, precision)
-        parts = data.frozen_features(featurize, protocol)
-        result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
+        parts = data.frozen_features(featurize, protocol, dist)
+        if parts is not None:  # several processes: the main one scores what they extracted together
+            result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         pool = "avg" if ft.pool == "avg" else "token"

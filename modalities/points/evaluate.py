@@ -101,8 +101,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             with precision.autocast():
                 return mae.features(x, pool=pool)
 
-        parts = data.frozen_features(featurize, protocol)
-        result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes), pool=pool)
+        parts = data.frozen_features(featurize, protocol, dist)
+        if parts is not None:  # several processes: the main one scores what they extracted together
+            result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes), pool=pool)
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         if ft.cutmix or ft.mixup:

@@ -109,8 +109,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             feats = feats.view(*video.shape[:2], *feats.shape[1:])
             return feats if tokens else feats.float().mean(1)  # tokens: [B, V, L, D], the probe averages views
 
-        parts = data.frozen_features(featurize, protocol)
-        result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
+        parts = data.frozen_features(featurize, protocol, dist)
+        if parts is not None:  # several processes: the main one scores what they extracted together
+            result.update(frozen_protocol(protocol, cfg, parts, data_cfg.num_classes))
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         if ft.cutmix:
