@@ -128,6 +128,7 @@ class EvalData:
             return {part: extract_features(self.batches(part), featurize, dtype, budget, part)
                     for part in ("train", "val", "test")}
         self.share(dist)
+        whole = FeatureBudget(self.cfg)  # what the main process holds once the shares are together
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for part in ("train", "val", "test"):
             keys: list[str] = []
@@ -141,6 +142,7 @@ class EvalData:
                 every = [k for _, _, ks in shares for k in ks]
                 order = torch.tensor(sorted(range(len(every)), key=every.__getitem__), dtype=torch.long)
                 parts[part] = (torch.cat([f for f, _, _ in shares])[order], torch.cat([y for _, y, _ in shares])[order])
+                whole.charge(parts[part][0], part)
         self._skipped = self.skipped()  # collective: gathered now, while every process is still here
         return parts if dist.is_main else None
 
