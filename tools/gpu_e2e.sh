@@ -2,8 +2,8 @@
 # The CLI end to end on a GPU, for a session lent a device machine (docs/benchmarks.md, "GPU figures"): short
 # pretraining runs of every modality and method family through the real training loop (data workers, pinned
 # host batches, host-drawn masks, bf16 autocast, fused AdamW, checkpoints, figures), a stop and resume, the
-# frozen and fine-tuning evaluations, then a summary of each run folder. Called by tools/gpu_check.sh (E2E=1,
-# or first in its default mode) after it installed mimx; the sample shards travel as carried paths:
+# frozen and fine-tuning evaluations, then a summary of each run folder. Called first by tools/gpu_check.sh
+# (default and QUICK modes) after it installed mimx; the sample shards travel as carried paths:
 #   data/samples/{mnist,mnist_test,photos,video_clips,point_clouds,scenes}
 # DEVICE=cpu QUICK=1: a dry run here (fewer steps). Each command runs under its own time limit; all output goes
 # to $OUT/e2e.txt, and the last line per command is its exit status.

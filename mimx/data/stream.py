@@ -420,7 +420,6 @@ class StreamLoader:
             self.batches += 1
             yield batch
 
-
     def _guarded(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         """The loader's batches; a worker that delivers nothing for ``timeout`` seconds stops the run clearly."""
         it = iter(loader)
