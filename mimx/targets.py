@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimx.codebook import nearest_code
+from mimx.config import UserError
 from mimx.patches import denormalize_patches, normalize_patches, patchify
 
 
@@ -252,3 +253,13 @@ class TokenTarget(nn.Module):
 
     def extra_repr(self) -> str:
         return f"patch={self.patch}, vocab_size={self.vocab_size}, channels={self.channels}"
+
+
+def hog_target(patch: tuple[int, ...], cell: int, bins: int) -> HOGTarget:
+    """The HOG target of a config's ``model.hog_cell`` / ``model.hog_bins`` on ``patch`` (2-D patches or
+    ``(t, p, p)`` tubelets), refused with the fix when the cell does not divide the patch side."""
+    side = patch[-1]
+    if side % cell:
+        raise UserError(f"model.hog_cell={cell} must divide model.patch_size={side} "
+                        f"(e.g. model.hog_cell={side // 2 if side % 2 == 0 else side})")
+    return HOGTarget(patch, cell=cell, bins=bins)

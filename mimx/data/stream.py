@@ -447,9 +447,3 @@ def first_batch(stream: ShardStream, key: str, what: str) -> dict[str, Any]:
         if key in batch:
             return {k: v for k, v in batch.items() if not k.startswith("_")}
     raise UserError(f"no readable {what} in {list(stream.urls)[:3]}")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -73,6 +73,13 @@ def resume_path(resume: str, run_dir: str | os.PathLike) -> Path | None:
     return Path(resume)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's ``random`` (timm's mixup draws from NumPy's global generator)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states as tensors and plain values (weights_only-safe)."""
     py = random.getstate()
@@ -111,11 +118,12 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str |
                         "checkpoint's model settings, or start a new run (another run.dir, or train.resume=never)")
 
 
-def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_model(path: str | os.PathLike, weights: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Model weights and metadata (modality, architecture, model_config) from a checkpoint or weights file.
 
     Accepts a training checkpoint (``last.pt``), a run folder (its final
     ``model.safetensors``, else ``checkpoints/last.pt``) or a ``.safetensors`` file mimx wrote.
+    ``weights=False``: the metadata only (weights files are not read; checkpoints are mapped, not read).
     """
     path = Path(path)
     if path.is_dir():
@@ -131,7 +139,7 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             raise UserError(f"weights file {path} does not exist")
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+            state = {k: f.get_tensor(k) for k in f.keys()} if weights else {}  # noqa: SIM118 (no iterator)
         meta = {k: _maybe_json(v) for k, v in raw.items()}
         if "model_config" not in meta:
             raise UserError(f"{path} carries no mimx model config; export it from a mimx run folder or checkpoint")

@@ -11,7 +11,6 @@ epoch ends with a checkpoint (atomic) and a rerun continues after the last one.
 from __future__ import annotations
 
 import contextlib
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,13 +108,6 @@ def predict(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], t
     return torch.cat(preds), torch.cat(labels)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, NumPy and Python's ``random`` (timm's mixup draws from NumPy's global generator)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 Scores = Callable[[nn.Module, Precision], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -139,7 +130,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
 
     if log is None:
         log = (lambda text: print(text, file=sys.stderr)) if dist.is_main else (lambda text: None)
-    seed_everything(seed)
+    ckpt.seed_everything(seed)
     tune_cpu_allocator(cfg.cpu_allocator, device)
     model.to(device)
     precision = Precision(cfg.precision, device)
@@ -154,7 +145,7 @@ def finetune(model: nn.Module, cfg: FinetuneConfig, *, depth: int, num_classes: 
     trained: nn.Module = model
     if dist.enabled:  # DDP starts every process from rank 0's weights (the new head included)
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        seed_everything(seed + 1000 * dist.rank)  # own drop-path and mixup draws per process
+        ckpt.seed_everything(seed + 1000 * dist.rank)  # own drop-path and mixup draws per process
     total = max(1, cfg.epochs * steps_per_epoch)
     schedule = WarmupCosine(peak, total, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
     mixup = None

@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mimx.config import to_plain
-from mimx.data.stream import ShardStream, StreamLoader, seed_everything
+from mimx.data.stream import ShardStream, StreamLoader
+from mimx.train.checkpoint import seed_everything
 from mimx.train.distributed import DistInfo, init_distributed, shutdown
 from mimx.train.engine import Task, TrainConfig, Trainer, TrainResult
 

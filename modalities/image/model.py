@@ -15,7 +15,7 @@ from mimx.config import UserError, from_mapping
 from mimx.masking import build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import SinCosGridPosition
-from mimx.targets import HOGTarget, PixelTarget, TokenTarget
+from mimx.targets import HOGTarget, PixelTarget, TokenTarget, hog_target
 from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
 PRESETS = VIT_PRESETS
@@ -87,10 +87,7 @@ class ImageMAEConfig:
                 raise UserError(f"model.vocab_size={self.vocab_size}: token targets need the codebook's size; "
                                 "pass model.codebook=PATH (a `mimx image codebook` file)")
             return TokenTarget((p, p), self.vocab_size, self.in_chans)
-        if p % self.hog_cell:
-            raise UserError(f"model.hog_cell={self.hog_cell} must divide model.patch_size={p} "
-                            f"(e.g. model.hog_cell={p // 2 if p % 2 == 0 else p})")
-        return HOGTarget((p, p), cell=self.hog_cell, bins=self.hog_bins)
+        return hog_target((p, p), self.hog_cell, self.hog_bins)
 
 
 class ImageMAE(MaskedAutoencoder):

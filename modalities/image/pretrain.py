@@ -138,7 +138,7 @@ def sections(cfg: DictConfig, *, check_tokens: bool = True) -> tuple[TrainConfig
 def _init_model_config(path: str) -> dict | None:
     """The model config of a mimx run, checkpoint or weights file (``None`` for anything else)."""
     try:
-        return ckpt.read_model(path)[1].get("model_config")
+        return ckpt.read_model(path, weights=False)[1].get("model_config")
     except UserError:
         return None
 

@@ -14,7 +14,7 @@ from mimx.config import UserError, from_mapping
 from mimx.masking import RunningCellDecoding, build_masking
 from mimx.patches import PatchTokenizer, unpatchify
 from mimx.pos_embed import build_position
-from mimx.targets import HOGTarget, PixelTarget
+from mimx.targets import HOGTarget, PixelTarget, hog_target
 from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_preset, init_mae_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -105,9 +105,7 @@ class VideoMAEConfig:
         if self.norm_pix:
             raise UserError("model.norm_pix normalises pixel targets; with model.target=hog set model.norm_pix=false "
                             "(or use method=maskfeat)")
-        if self.patch_size % self.hog_cell:
-            raise UserError(f"model.hog_cell={self.hog_cell} must divide model.patch_size={self.patch_size}")
-        return HOGTarget(self.patch, cell=self.hog_cell, bins=self.hog_bins)
+        return hog_target(self.patch, self.hog_cell, self.hog_bins)
 
 
 class VideoMAE(MaskedAutoencoder):
