@@ -21,12 +21,13 @@ e2e() {  # name, limit in seconds, then the command
     local name=$1 limit=$2; shift 2
     echo "== $name: $*" >> "$LOG"
     local t0=$SECONDS
+    # `timeout` runs programs, not shell functions: mimx is the installed package's module (-P: not ./mimx)
+    [ "$1" = mimx ] && { shift; set -- python3 -P -m mimx "$@"; }
     timeout "$limit" "$@" >> "$LOG" 2>&1
     local rc=$?
     echo "rc $rc ($((SECONDS - t0)) s)" >> "$LOG"
     echo "$name: rc $rc ($((SECONDS - t0)) s)"
 }
-mimx() { python3 -P -m mimx "$@"; }  # -P: the installed mimx (with mimx.modalities), not ./mimx
 
 # image MAE in bf16: stop at 2/3, then the same command without the stop continues from the checkpoint
 IMG="experiment=demo $TRAIN train.precision=bf16 train.steps=$S train.ckpt_every=10 train.figure_every=$S"
