@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mimx.config import UserError
+from mimx.devices import to_device
 
 
 @dataclass
@@ -66,16 +67,6 @@ class Mask:
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         return Mask(mask, ids_shuffle[:, :num_visible], ids_restore)
-
-
-def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
-    """``t`` on ``device`` (``None``: where it is); host-to-GPU copies go through pinned memory, asynchronously."""
-    if device is None:
-        return t
-    device = torch.device(device)
-    if t.device.type == "cpu" and device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def check_ratio(ratio: float, name: str = "mask ratio") -> float:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from mimx.codebook import nearest_code
 from mimx.config import UserError
+from mimx.devices import DeviceConstant
 from mimx.patches import denormalize_patches, normalize_patches, patchify
 
 
@@ -32,8 +33,8 @@ class PixelTarget:
         self.per_channel = per_channel
         self.eps = eps
         self.eps_outside = eps_outside
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+        self.mean = None if mean is None else DeviceConstant(mean, torch.float32)
+        self.std = None if std is None else DeviceConstant(std, torch.float32)
 
     def width(self, channels: int) -> int:
         """Values per token for ``channels`` input channels."""
@@ -45,7 +46,7 @@ class PixelTarget:
         if self.mean is None or self.std is None:
             return x
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.std.to(x.device).view(shape) + self.mean.to(x.device).view(shape)
+        return x * self.std.on(x.device).view(shape) + self.mean.on(x.device).view(shape)
 
     def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
         target = patchify(self.pixels(x), self.patch)
@@ -70,6 +71,18 @@ def gaussian_window(size: int, std: float) -> torch.Tensor:
     w = torch.exp(-0.5 * ((n - n.mean()) / std) ** 2)
     window = w[:, None] * w[None, :]
     return window / window.sum()
+
+
+_WINDOWS: dict[int, DeviceConstant] = {}
+
+
+def _hog_window(size: int, device: torch.device) -> torch.Tensor:
+    """MaskFeat's Gaussian vote weights (std ``size / 2``), built once per size and device."""
+    if torch.compiler.is_compiling():
+        return gaussian_window(size, size / 2).to(device)
+    if size not in _WINDOWS:
+        _WINDOWS[size] = DeviceConstant(gaussian_window(size, size / 2))
+    return _WINDOWS[size].on(device)
 
 
 @torch.no_grad()
@@ -97,7 +110,7 @@ def hog_cells(x: torch.Tensor, cell: int = 8, bins: int = 9, window: int | None 
     if window:
         if h % window or w % window:
             raise ValueError(f"image {h}x{w} is not divisible by the HOG window {window}")
-        magnitude = magnitude * gaussian_window(window, window / 2).to(x.device).repeat(h // window, w // window)
+        magnitude = magnitude * _hog_window(window, x.device).repeat(h // window, w // window)
     # orientation as MaskFeat measures it (atan2(gx, gy)), folded onto [0, 180) degrees
     index = torch.floor(torch.atan2(gx, gy) / math.pi * bins).remainder_(bins).long()
     hc, wc = h // cell, w // cell

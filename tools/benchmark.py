@@ -257,7 +257,7 @@ def peer_step(model, args: argparse.Namespace, device: torch.device, call):
 
 def build_video_step(args: argparse.Namespace) -> tuple:
     """VideoMAE train steps (tube masking) of one implementation at one precision."""
-    from mimx.masking import RunningCellDecoding, tube_mask
+    from mimx.masking import Mask, RunningCellDecoding, tube_mask
     from mimx.modalities.video.interop import from_transformers
 
     device = device_of(args.device)
@@ -273,7 +273,11 @@ def build_video_step(args: argparse.Namespace) -> tuple:
         model = from_transformers(hf)
         if args.impl == "mimx-dual":  # VideoMAE v2: the decoder rebuilds half of the hidden tubelets
             model.decode_subset = RunningCellDecoding(0.5)
-        step = mimx_step(model, args, device, x, lambda fwd, xin, mask: fwd(xin, mask=mask).loss)
+        # as its tube masking does in training: the exact visible count is known, so nothing is read back
+        drawn = masks(torch.Generator().manual_seed(0))
+        visible = drawn.shape[1] - int(drawn[0].sum())
+        step = mimx_step(model, args, device, x,
+                         lambda fwd, xin, mask: fwd(xin, mask=Mask.from_bool(mask, num_visible=visible)).loss)
     else:
         frames_first = x.transpose(1, 2).contiguous()  # transformers takes [B, T, C, H, W]
         step = peer_step(hf, args, device,

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from mimx.devices import DeviceConstant
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -48,12 +50,12 @@ class Normalizer:
     ``(x / 255 - mean) / std`` per channel (dim 1), and back."""
 
     def __init__(self, mean: list[float], std: list[float]) -> None:
-        self.mean = torch.tensor(mean)
-        self.std = torch.tensor(std)
+        self.mean = DeviceConstant(mean, torch.float32)
+        self.std = DeviceConstant(std, torch.float32)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.mean.to(x.device).view(shape), self.std.to(x.device).view(shape)
+        return self.mean.on(x.device).view(shape), self.std.on(x.device).view(shape)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(images)

@@ -56,16 +56,17 @@ def multimodal_panels(model, batch: dict[str, torch.Tensor], out) -> list[list[t
             hidden = out.mask.mask[:, start:start + length].cpu()
         pred = out.preds.get(name)
         if spec.kind == "pixels":
-            shown = model.pixels(name, raw).float()
+            pixels = model.pixels(name, raw).float().cpu()  # what the model sees (standardised when configured)
+            shown = pixels
             if spec.mean is not None:
                 shown = shown * torch.tensor(spec.std).view(1, -1, 1, 1) + torch.tensor(spec.mean).view(1, -1, 1, 1)
-            images = [(shown[i].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+            images = [(shown[i].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                       for i in range(len(rows))]
             preds = None
             if pred is not None:
                 patches = pred.float().cpu()
                 if spec.norm_pix:
-                    patches = denormalize_patches(patches, patchify(model.pixels(name, raw).float().cpu(), (p, p)))
+                    patches = denormalize_patches(patches, patchify(pixels, (p, p)))
                 full = unpatchify(patches, (p, p), grid, spec.channels)
                 if spec.mean is not None:
                     full = full * torch.tensor(spec.std).view(1, -1, 1, 1) + torch.tensor(spec.mean).view(1, -1, 1, 1)

@@ -20,6 +20,7 @@ from torch import nn
 
 from mimx.config import UserError, from_mapping
 from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mimx.devices import DeviceConstant, to_device
 from mimx.masking import Mask, group_budget_mask, sample_dirichlet, split_budget
 from mimx.modalities.multimodal.adapters import InputAdapter, OutputAdapter
 from mimx.patches import normalize_patches, patchify
@@ -167,6 +168,8 @@ class MultiMAE(nn.Module):
         self.targets = [n for n, s in self.specs.items() if s.target]
         if not self.inputs or not self.targets:
             raise UserError("model.modalities needs at least one input and one target")
+        self._pixel_stats = {n: (DeviceConstant(s.mean, torch.float32), DeviceConstant(s.std, torch.float32))
+                             for n, s in self.specs.items() if s.mean is not None and s.std is not None}
         tokens = len(self.inputs) * c.grid[0] * c.grid[1]
         if not 0 < c.num_visible < tokens:
             raise UserError(f"model.num_visible={c.num_visible} must lie between 1 and {tokens - 1} "
@@ -189,14 +192,12 @@ class MultiMAE(nn.Module):
     # ------------------------------------------------------------------ inputs and targets
     def pixels(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """A pixel map as the model sees it: uint8 -> ``(x / 255 - mean) / std``; float maps as given."""
-        spec = self.specs[name]
         if x.dtype != torch.uint8:
             return x.float()
         x = x.float() / 255.0
-        if spec.mean is not None and spec.std is not None:
-            shape = (1, -1, 1, 1)
-            x = (x - torch.tensor(spec.mean, device=x.device).view(shape)) / torch.tensor(
-                spec.std, device=x.device).view(shape)
+        if name in self._pixel_stats:
+            mean, std = (stat.on(x.device).view(1, -1, 1, 1) for stat in self._pixel_stats[name])
+            x = (x - mean) / std
         return x
 
     def prepare(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -295,7 +296,7 @@ class MultiMAE(nn.Module):
         """The step's mask over the input tokens and its visible counts per modality ``[B, M_in]``."""
         counts = self.budget(present.shape[0], present, generator=generator, weights=weights)  # on the host
         mask = group_budget_mask(lengths, counts, noise=noise, generator=generator, device=device)
-        return mask, counts.to(device)
+        return mask, to_device(counts, device)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor], *, present: torch.Tensor | None = None,
@@ -313,6 +314,7 @@ class MultiMAE(nn.Module):
         size = first.shape[0]
         device = first.device
         have = torch.ones(size, len(names), dtype=torch.bool) if present is None else present.cpu().bool()
+        have_here = to_device(have, device)
         in_present = have[:, [names.index(n) for n in self.inputs]]
         ready = self.prepare(batch)
         tokens, lengths = self.tokens(batch, self.inputs, ready)
@@ -330,7 +332,7 @@ class MultiMAE(nn.Module):
             # a target that is never an input is hidden everywhere
             hidden = mask.mask[:, span] if span is not None else torch.ones(size, length, dtype=torch.bool,
                                                                               device=device)
-            hidden = hidden & have[:, names.index(name)].to(device).unsqueeze(1)
+            hidden = hidden & have_here[:, names.index(name)].unsqueeze(1)
             losses[name] = self.task_loss(name, pred, batch[name], hidden, ready.get(name))
             preds[name] = pred
             total = total + self.specs[name].weight * losses[name]
