@@ -32,6 +32,9 @@ from mimx.train.metrics import MetricsLog
 from mimx.train.precision import Precision
 from mimx.transformer import set_fused_attention
 
+# a batch -> its features, or (features, targets) for probes whose targets are not the samples' labels
+Featurizer = Callable[[dict[str, Any]], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
 
 @dataclass
 class EvalSplitConfig:
@@ -113,7 +116,7 @@ class EvalData:
         samples) without end; one-pass parts decode their own share of the keys (:class:`KeyShare`)."""
         self.rank, self.world = dist.rank, dist.world
 
-    def frozen_features(self, featurize: Callable[[dict[str, Any]], torch.Tensor], protocol: str,
+    def frozen_features(self, featurize: Featurizer, protocol: str,
                         dist: DistInfo | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
         """``featurize`` over the train, val and test parts, cached as :func:`feature_dtype` within
         ``data.feature_cache_gb`` (token caches of long clips or large sets stop with a clear message).
@@ -266,22 +269,26 @@ class FeatureBudget:
 
 
 @torch.no_grad()
-def extract_features(loader: StreamLoader, featurize: Callable[[dict[str, Any]], torch.Tensor],
-                     dtype: torch.dtype = torch.float32, budget: FeatureBudget | None = None, part: str = "",
+def extract_features(loader: StreamLoader, featurize: Featurizer, dtype: torch.dtype = torch.float32,
+                     budget: FeatureBudget | None = None, part: str = "",
                      keys: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``featurize(batch)`` over a loader: features ``[N, ...]`` as ``dtype`` on the CPU and labels ``[N]``.
 
-    Token features for the attentive probe are kept as bf16 (half the memory of a large cache). With
-    ``keys`` (a keyed loader, one process's share) the samples' keys are appended to it, and an empty share
-    gives empty tensors instead of an error."""
+    A featurizer that returns ``(features, targets)`` gives its own targets (e.g. per-patch maps for dense
+    probes) in place of the batch's labels. Token features for the attentive probe are kept as bf16 (half
+    the memory of a large cache). With ``keys`` (a keyed loader, one process's share) the samples' keys are
+    appended to it, and an empty share gives empty tensors instead of an error."""
     feats, labels = [], []
     for batch in loader:
-        if "label" not in batch:  # a final report-only batch of a finite stream
+        batch_keys = batch.pop("_key", [])
+        if not batch:  # nothing decoded
             continue
         if keys is not None:
-            keys.extend(batch.pop("_key"))
-        feats.append(featurize(batch).to(dtype).cpu())
-        labels.append(batch["label"].long())
+            keys.extend(batch_keys)
+        out = featurize(batch)
+        features, targets = out if isinstance(out, tuple) else (out, batch["label"].long())
+        feats.append(features.to(dtype).cpu())
+        labels.append(targets.cpu())
         if budget is not None:
             budget.charge(feats[-1], part)
     if not feats:

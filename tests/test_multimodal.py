@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -320,6 +323,17 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
     ious = result["test"]["iou"]  # per class, None where a class is in neither prediction nor labels
     assert len(ious) == 6 and result["test"]["miou"] == pytest.approx(
         sum(v for v in ious if v is not None) / sum(v is not None for v in ious))
+    # two torchrun processes extract their shares of the patch features, the main one trains the head: the same
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mimx"]
+    two = subprocess.run([*torchrun, "multimodal", "eval", "semseg", *common, f"run.dir={tmp_path / 'two'}"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    both = json.loads((tmp_path / "two" / "eval-semseg-rgb-pretrained.json").read_text())
+    fields = ("train_samples", "val_samples", "test_samples", "val", "test", "chosen")
+    assert {f: both[f] for f in fields} == {f: result[f] for f in fields}
+    finetune_two = subprocess.run([*torchrun, "multimodal", "eval", "semseg", *common, "head.finetune=true"],
+                                  capture_output=True, text=True, timeout=600)
+    assert finetune_two.returncode != 0 and "semseg-finetune runs as one process" in finetune_two.stderr
     assert main(["multimodal", "eval", "depth", "inputs=[rgb,depth]", "encoder=random", *common]) == 0
     result = json.loads((resumed / "eval-depth-rgb+depth-random.json").read_text())
     assert 0 <= result["test"]["delta1"] <= 100 and result["test"]["abs_rel"] >= 0

@@ -29,12 +29,12 @@ from mimx.patches import patchify
 from mimx.protocols import (
     EvalData,
     EvalSplitConfig,
-    FeatureBudget,
     checkpoint_step,
     eval_processes,
     write_result,
 )
 from mimx.train.checkpoint import load_trained
+from mimx.train.distributed import shutdown
 from mimx.train.precision import Precision
 from mimx.transformer import set_fused_attention
 
@@ -99,9 +99,9 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str, num_classes: int, device,
              precision: Precision, forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
-             budget: FeatureBudget | None = None, part: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``forward(maps)`` for each batch of one part (default: frozen patch features ``[N, L, D]``) and the
-    per-patch targets ``[N, L, p*p]``; cached features count against ``budget``."""
+    per-patch targets ``[N, L, p*p]``."""
     forward = forward or (lambda maps: model.patch_features(maps, inputs))
     p = model.config.patch_size
     outputs, targets = [], []
@@ -112,8 +112,6 @@ def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str,
         with torch.no_grad(), precision.autocast():
             outputs.append(forward(maps).float().cpu())
         targets.append(_patch_targets(batch[target], kind, num_classes, p))
-        if budget is not None:
-            budget.charge(outputs[-1], part)
     if not outputs:
         raise UserError("no readable sample in this split; check data.train / data.val / data.test")
     return torch.cat(outputs), torch.cat(targets)
@@ -254,7 +252,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     probe_cfg = from_mapping(ProbeConfig, cfg.head, "head")
     if probe_cfg.kind not in HEADS:
         raise UserError(f"head.kind={probe_cfg.kind!r}; choose one of {', '.join(HEADS)}")
-    device = eval_processes(cfg.device, cfg.probe, several=()).device
+    frozen = probe_cfg.kind == "linear" and not probe_cfg.finetune  # the features extract on several processes
+    dist = eval_processes(cfg.device, f"{cfg.probe}{_variant(probe_cfg)}", several=(cfg.probe,) if frozen else ())
+    device = dist.device
     model = load_multimae(cfg.checkpoint)
     if cfg.encoder == "random":
         torch.manual_seed(cfg.seed)
@@ -291,9 +291,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                  seed=cfg.seed)
         sizes = {part: data.count(part) for part in ("train", "val", "test")}
     else:
-        budget = FeatureBudget(data.cfg)
-        parts = {part: _collect(model, data.batches(part), inputs, target, kind, num_classes, device, precision,
-                                budget=budget, part=part) for part in ("train", "val", "test")}
+        def featurize(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+            maps = {n: batch[n].to(device) for n in inputs}
+            with torch.no_grad(), precision.autocast():
+                features = model.patch_features(maps, inputs)
+            return features.float(), _patch_targets(batch[target], kind, num_classes, model.config.patch_size)
+
+        parts = data.frozen_features(featurize, "dense", dist)
+        if parts is None:  # several processes: the main one trains and scores the probe on what they extracted
+            shutdown()
+            return {}
         outcome = train_probe(kind, parts, num_classes, probe_cfg, seed=cfg.seed)
         sizes = {part: len(parts[part][0]) for part in parts}
     key = "miou" if kind == "classes" else "delta1"
@@ -306,7 +313,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "test": outcome["test"], "chosen": outcome["chosen"], "history": outcome["history"],
         "train_samples": sizes["train"], "val_samples": sizes["val"], "test_samples": sizes["test"],
         "data": asdict(data_cfg), "head": asdict(probe_cfg),
-        "seconds": round(time.perf_counter() - started, 1), "skipped": data.skips.state_dict(),
+        "seconds": round(time.perf_counter() - started, 1), "skipped": data.skipped(),
         "model": model.config.name}
     write_result(cfg, result)
+    shutdown()
     return result
