@@ -121,17 +121,16 @@ class EvalData:
         """``featurize`` over the train, val and test parts, cached as :func:`feature_dtype` within
         ``data.feature_cache_gb`` (token caches of long clips or large sets stop with a clear message).
 
-        With several processes (``dist`` under torchrun) each one extracts the keys of its hash share of
-        every part; the main process receives them all, in key order (so the result does not depend on the
-        process count), and returns them; the others return ``None`` and are done.
+        Samples are returned in key order, so the result does not depend on the process count (nor on
+        how the shards order them). With several processes (``dist`` under torchrun) each one extracts the
+        keys of its hash share of every part; the main process receives them all and returns them; the
+        others return ``None`` and are done.
         """
+        dist = dist or DistInfo()
         budget = FeatureBudget(self.cfg)
         dtype = feature_dtype(protocol)
-        if dist is None or dist.world == 1:
-            return {part: extract_features(self.batches(part), featurize, dtype, budget, part)
-                    for part in ("train", "val", "test")}
         self.share(dist)
-        whole = FeatureBudget(self.cfg)  # what the main process holds once the shares are together
+        whole = FeatureBudget(self.cfg) if dist.enabled else None  # what the main process holds at the end
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for part in ("train", "val", "test"):
             keys: list[str] = []
@@ -142,10 +141,9 @@ class EvalData:
                 shares = [s for s in shares if len(s[1])]
                 if not shares:
                     raise UserError(f"no labelled sample in the {part} split; check data.val_fraction and the shards")
-                every = [k for _, _, ks in shares for k in ks]
-                order = torch.tensor(sorted(range(len(every)), key=every.__getitem__), dtype=torch.long)
-                parts[part] = (torch.cat([f for f, _, _ in shares])[order], torch.cat([y for _, y, _ in shares])[order])
-                whole.charge(parts[part][0], part)
+                parts[part] = _in_key_order(shares)
+                if whole is not None:
+                    whole.charge(parts[part][0], part)
         self._skipped = self.skipped()  # collective: gathered now, while every process is still here
         return parts if dist.is_main else None
 
@@ -225,6 +223,17 @@ class EvalData:
         loader.skips = self.skips
         found = [b["label"].long() for b in loader if "label" in b]
         return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
+
+
+def _in_key_order(shares: list[tuple[torch.Tensor, torch.Tensor, list[str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, labels)`` of every share together, sorted by sample key (no copy when already sorted)."""
+    every = [k for _, _, ks in shares for k in ks]
+    feats = shares[0][0] if len(shares) == 1 else torch.cat([f for f, _, _ in shares])
+    labels = shares[0][1] if len(shares) == 1 else torch.cat([y for _, y, _ in shares])
+    if all(a <= b for a, b in itertools.pairwise(every)):
+        return feats, labels
+    order = torch.tensor(sorted(range(len(every)), key=every.__getitem__), dtype=torch.long)
+    return feats[order], labels[order]
 
 
 class _Keyed:
