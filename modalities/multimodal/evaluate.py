@@ -97,24 +97,26 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     return {"delta1": float((ratio < 1.25).float().mean() * 100), "abs_rel": float(((p - t).abs() / t).mean())}
 
 
+def _outputs(model: MultiMAE, batch: dict[str, Any], inputs: list[str], target: str, kind: str, num_classes: int,
+             device, precision: Precision, forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward(maps)`` of one batch (default: frozen patch features ``[B, L, D]``) on the CPU, and its
+    per-patch targets ``[B, L, p*p]``."""
+    maps = {n: batch[n].to(device) for n in inputs}
+    with torch.no_grad(), precision.autocast():
+        out = forward(maps) if forward is not None else model.patch_features(maps, inputs)
+    return out.float().cpu(), _patch_targets(batch[target], kind, num_classes, model.config.patch_size)
+
+
 def _collect(model: MultiMAE, loader, inputs: list[str], target: str, kind: str, num_classes: int, device,
              precision: Precision, forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``forward(maps)`` for each batch of one part (default: frozen patch features ``[N, L, D]``) and the
-    per-patch targets ``[N, L, p*p]``."""
-    forward = forward or (lambda maps: model.patch_features(maps, inputs))
-    p = model.config.patch_size
-    outputs, targets = [], []
-    for batch in loader:
-        if "present" not in batch:
-            continue
-        maps = {n: batch[n].to(device) for n in inputs}
-        with torch.no_grad(), precision.autocast():
-            outputs.append(forward(maps).float().cpu())
-        targets.append(_patch_targets(batch[target], kind, num_classes, p))
-    if not outputs:
+    """:func:`_outputs` over one part, concatenated."""
+    pairs = [_outputs(model, batch, inputs, target, kind, num_classes, device, precision, forward)
+             for batch in loader if "present" in batch]
+    if not pairs:
         raise UserError("no readable sample in this split; check data.train / data.val / data.test")
-    return torch.cat(outputs), torch.cat(targets)
+    return torch.cat([o for o, _ in pairs]), torch.cat([t for _, t in pairs])
 
 
 def _patch_targets(raw: torch.Tensor, kind: str, num_classes: int, patch: int) -> torch.Tensor:
@@ -292,10 +294,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sizes = {part: data.count(part) for part in ("train", "val", "test")}
     else:
         def featurize(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-            maps = {n: batch[n].to(device) for n in inputs}
-            with torch.no_grad(), precision.autocast():
-                features = model.patch_features(maps, inputs)
-            return features.float(), _patch_targets(batch[target], kind, num_classes, model.config.patch_size)
+            return _outputs(model, batch, inputs, target, kind, num_classes, device, precision)
 
         parts = data.frozen_features(featurize, "dense", dist)
         if parts is None:  # several processes: the main one trains and scores the probe on what they extracted

@@ -57,9 +57,8 @@ def multimodal_panels(model, batch: dict[str, torch.Tensor], out) -> list[list[t
         pred = out.preds.get(name)
         if spec.kind == "pixels":
             pixels = model.pixels(name, raw).float().cpu()  # what the model sees (standardised when configured)
-            shown = pixels
-            if spec.mean is not None:
-                shown = shown * torch.tensor(spec.std).view(1, -1, 1, 1) + torch.tensor(spec.mean).view(1, -1, 1, 1)
+            normalizer = model.normalizers.get(name)
+            shown = pixels if normalizer is None else normalizer.invert(pixels)
             images = [(shown[i].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                       for i in range(len(rows))]
             preds = None
@@ -68,8 +67,8 @@ def multimodal_panels(model, batch: dict[str, torch.Tensor], out) -> list[list[t
                 if spec.norm_pix:
                     patches = denormalize_patches(patches, patchify(pixels, (p, p)))
                 full = unpatchify(patches, (p, p), grid, spec.channels)
-                if spec.mean is not None:
-                    full = full * torch.tensor(spec.std).view(1, -1, 1, 1) + torch.tensor(spec.mean).view(1, -1, 1, 1)
+                if normalizer is not None:
+                    full = normalizer.invert(full)
                 preds = [(full[i].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                          for i in range(len(rows))]
             images = [im if im.shape[-1] == 3 else np.repeat(im, 3, -1) for im in images]

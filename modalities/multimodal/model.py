@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimx.config import UserError, from_mapping
-from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mimx.devices import DeviceConstant, to_device
+from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from mimx.devices import to_device
 from mimx.masking import Mask, group_budget_mask, sample_dirichlet, split_budget
 from mimx.modalities.multimodal.adapters import InputAdapter, OutputAdapter
 from mimx.patches import normalize_patches, patchify
@@ -168,8 +168,9 @@ class MultiMAE(nn.Module):
         self.targets = [n for n, s in self.specs.items() if s.target]
         if not self.inputs or not self.targets:
             raise UserError("model.modalities needs at least one input and one target")
-        self._pixel_stats = {n: (DeviceConstant(s.mean, torch.float32), DeviceConstant(s.std, torch.float32))
-                             for n, s in self.specs.items() if s.mean is not None and s.std is not None}
+        # uint8 pixel maps -> (x / 255 - mean) / std, per modality that sets mean and std (and back, for figures)
+        self.normalizers = {n: Normalizer(s.mean, s.std) for n, s in self.specs.items()
+                            if s.mean is not None and s.std is not None}
         tokens = len(self.inputs) * c.grid[0] * c.grid[1]
         if not 0 < c.num_visible < tokens:
             raise UserError(f"model.num_visible={c.num_visible} must lie between 1 and {tokens - 1} "
@@ -194,11 +195,7 @@ class MultiMAE(nn.Module):
         """A pixel map as the model sees it: uint8 -> ``(x / 255 - mean) / std``; float maps as given."""
         if x.dtype != torch.uint8:
             return x.float()
-        x = x.float() / 255.0
-        if name in self._pixel_stats:
-            mean, std = (stat.on(x.device).view(1, -1, 1, 1) for stat in self._pixel_stats[name])
-            x = (x - mean) / std
-        return x
+        return self.normalizers[name](x) if name in self.normalizers else x.float() / 255.0
 
     def prepare(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Model-ready maps: pixels normalised, depth standardised per image (invalid -> 0), class ids as given."""
