@@ -50,7 +50,8 @@ class MaskedAutoencoder(nn.Module):
             positions, masking and target read (a grid tuple for patches).
         encoder: :class:`MaskedEncoder`.
         decoder: :class:`MaskedDecoder` (or any module with the same call).
-        encoder_pos / decoder_pos: modules ``(layout, device) -> [1 or B, L, width]``.
+        encoder_pos / decoder_pos: modules ``(layout, device) -> [1 or B, L, width]`` (None: no absolute
+            positions, e.g. an encoder with a relative position bias).
         masking: callable ``(B, L, layout, noise=, generator=, device=) -> Mask``.
         target: callable ``(x, layout) -> [B, L, P]``.
         loss: ``mse``, ``l1``, ``smooth_l1`` or ``cross_entropy``, or a callable
@@ -64,7 +65,7 @@ class MaskedAutoencoder(nn.Module):
         tokenizer: nn.Module,
         encoder: MaskedEncoder,
         decoder: MaskedDecoder,
-        encoder_pos: nn.Module,
+        encoder_pos: nn.Module | None,
         decoder_pos: nn.Module | None,
         masking: Callable[..., Mask] | None = None,
         target: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
@@ -117,7 +118,7 @@ class MaskedAutoencoder(nn.Module):
             mask = Mask.from_bool(mask.to(tokens.device))
         if mask.mask.shape != (batch, length):
             raise ValueError(f"mask has shape {tuple(mask.mask.shape)} but the input has {batch}x{length} tokens")
-        latent = self.encoder(tokens, self.encoder_pos(layout, tokens.device), mask)
+        latent = self.encoder(tokens, self.position(layout, tokens.device), mask, layout=layout)
         dec_pos = None if self.decoder_pos is None else self.decoder_pos(layout, tokens.device)
         if self.target is None:
             raise RuntimeError("this model has no target: it can encode but not be trained")
@@ -156,9 +157,13 @@ class MaskedAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder features for all tokens, no masking: ``[B, prefix + L, D]`` (class token first)."""
         tokens, layout = self.tokenizer(x)
-        return self.encoder(tokens, self.encoder_pos(layout, tokens.device), None)
+        return self.encoder(tokens, self.position(layout, tokens.device), None, layout=layout)
+
+    def position(self, layout: Any, device: torch.device) -> torch.Tensor | None:
+        """The encoder's absolute positions for ``layout`` (None when it has none)."""
+        return None if self.encoder_pos is None else self.encoder_pos(layout, device)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides norms and biases (tokens, positions)."""
         return {name for name, _ in self.named_parameters()
-                if name.endswith(("cls_token", "mask_token", "pos_embed"))}
+                if name.endswith(("cls_token", "mask_token", "pos_embed", "relative_position_bias_table"))}

@@ -23,7 +23,9 @@ _LAYER_RENAMES = [
     (r"attention\.output\.dense\.", "attention.o_proj."),
     (r"intermediate\.dense\.", "mlp.fc1."),
     (r"(?<!attention\.)output\.dense\.", "mlp.fc2."),
-    (r"^(vit|videomae)\.encoder\.layer\.", r"\1.layers."),
+    (r"^(vit|videomae|beit)\.encoder\.layer\.", r"\1.layers."),
+    (r"^beit\.encoder\.relative_position_bias\.", "beit.shared_position_bias."),
+    (r"\.attention\.attention\.relative_position_bias\.", ".relative_position_bias."),
     (r"^(vit|videomae)\.encoder\.", r"\1."),
 ]
 

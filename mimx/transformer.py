@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mimx.config import UserError
 from mimx.masking import Mask, gather_tokens
+from mimx.rel_pos import RelativePositionBias
 
 # width, depth, heads (ViT paper; MAE and VideoMAE use the same encoders)
 VIT_PRESETS: dict[str, dict[str, int]] = {
@@ -57,16 +58,21 @@ def make_blocks(
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool = False,
-               pos: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply ``blocks`` in turn; with ``pos``, add it to the input of every block (Point-MAE)."""
-    for block in blocks:
+               pos: torch.Tensor | None = None, biases: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Apply ``blocks`` in turn; with ``pos``, add it to the input of every block (Point-MAE); with
+    ``biases`` (one per block, or one for all), add it to that block's attention logits."""
+    for i, block in enumerate(blocks):
         if pos is not None:
             x = x + pos
+        bias = None if biases is None else biases[i if len(biases) > 1 else 0]
         if grad_checkpointing and x.requires_grad:
-            x = checkpoint(block, x, use_reentrant=False)
+            x = checkpoint(block, x, bias, use_reentrant=False)
         else:
-            x = block(x)
+            x = block(x, bias)
     return x
+
+
+REL_POS_MODES = ("none", "shared", "layer")
 
 
 class MaskedEncoder(nn.Module):
@@ -75,6 +81,10 @@ class MaskedEncoder(nn.Module):
     ``forward(tokens, pos, mask)`` returns normalised features ``[B, P + N, D]``
     where ``P`` is 1 with a class token and ``N`` is the visible count (drop
     mode), or all tokens (mask-token mode, or ``mask=None``).
+
+    ``rel_pos`` adds BEiT's relative position bias on the 2-D token ``grid``
+    (forward then takes the grid as ``layout``): ``shared`` is one table for
+    every block (BEiT pretraining), ``layer`` one per block.
     """
 
     def __init__(
@@ -92,8 +102,14 @@ class MaskedEncoder(nn.Module):
         mask_token: bool = False,
         final_norm: bool = True,
         pos_every_block: bool = False,
+        rel_pos: str = "none",
+        grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        if rel_pos not in REL_POS_MODES:
+            raise UserError(f"model.rel_pos_bias must be one of {', '.join(REL_POS_MODES)}, got {rel_pos!r}")
+        if rel_pos != "none" and grid is None:
+            raise ValueError("a relative position bias needs the token grid")
         self.dim = dim
         self.pos_every_block = pos_every_block
         self.num_heads = num_heads
@@ -106,6 +122,10 @@ class MaskedEncoder(nn.Module):
         self.blocks = make_blocks(dim, depth, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                                   norm_eps=norm_eps, drop_path=drop_path, init_values=init_values)
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
+        self.rel_pos = rel_pos
+        tables = {"none": 0, "shared": 1, "layer": depth}[rel_pos]
+        prefix = 0 if self.cls_token is None else 1
+        self.rel_pos_bias = nn.ModuleList(RelativePositionBias(grid, num_heads, prefix) for _ in range(tables))
         self.grad_checkpointing = False
 
     @property
@@ -123,14 +143,27 @@ class MaskedEncoder(nn.Module):
         blocks.load_state_dict(self.blocks.state_dict())
         return blocks
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
-        pos = pos.to(tokens.dtype)
+    def attention_biases(self, layout: tuple[int, int] | None, mask: Mask | None) -> list[torch.Tensor] | None:
+        """The relative position biases of the blocks for the tokens they see (None without ``rel_pos``)."""
+        if not len(self.rel_pos_bias):
+            return None
+        if layout is None:
+            raise ValueError("this encoder has a relative position bias: pass the token grid as layout")
+        keep = mask.ids_keep if mask is not None and self.mask_token is None else None
+        return [table(tuple(layout), keep) for table in self.rel_pos_bias]
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor | None, mask: Mask | None = None,
+                layout: tuple[int, int] | None = None) -> torch.Tensor:
+        """``pos`` is added to the tokens (None: no absolute positions, e.g. BEiT with relative ones)."""
+        biases = self.attention_biases(layout, mask)
         x = tokens
         if mask is not None and self.mask_token is not None:
             x = torch.where(mask.mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        if self.pos_every_block:  # positions enter every block, not only the first
+        if pos is not None:
+            pos = pos.to(tokens.dtype)
+        if pos is not None and self.pos_every_block:  # positions enter every block, not only the first
             pos = pos.expand(x.shape[0], -1, -1)
-        else:
+        elif pos is not None:
             x, pos = x + pos, None
         if mask is not None and self.mask_token is None:
             x = gather_tokens(x, mask.ids_keep)
@@ -138,7 +171,7 @@ class MaskedEncoder(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
             pos = None if pos is None else torch.cat([pos.new_zeros(x.shape[0], 1, x.shape[2]), pos], dim=1)
-        x = run_blocks(self.blocks, x, self.grad_checkpointing, pos)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, pos, biases)
         return self.norm(x)
 
 

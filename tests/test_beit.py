@@ -1,6 +1,7 @@
 """BEiT-style pretraining: the k-means codebook, the token target, parity with transformers' BEiT objective,
 and the recipe end to end (codebook -> pretrain -> viewer -> probe -> export)."""
 
+import json
 import math
 import subprocess
 import sys
@@ -11,7 +12,6 @@ from conftest import logged_losses, tiny_overrides
 
 from mimx.codebook import fit_kmeans, nearest_code, perplexity, read_codebook, save_codebook
 from mimx.config import UserError, compose
-from mimx.interop import pop_hf_blocks
 from mimx.losses import masked_loss
 from mimx.modalities.image import mae_vit
 from mimx.modalities.image.data import Normalizer
@@ -146,50 +146,79 @@ def test_token_viewer_shows_the_codes_and_the_predicted_codes():
     torch.testing.assert_close(predicted[hidden], normalizer.invert(guessed)[hidden])
 
 
-def test_same_loss_as_transformers_beit_masked_image_modeling():
-    """The objective against transformers' BeitForMaskedImageModeling, set up as a plain ViT with LayerScale
-    (absolute sin-cos positions, no relative position bias): same weights, mask and labels give the same loss."""
+@pytest.mark.parametrize("positions", ["absolute", "shared", "layer"])
+def test_same_loss_as_transformers_beit_masked_image_modeling(positions):
+    """``from_transformers`` on transformers' BeitForMaskedImageModeling, with sin-cos absolute positions, BEiT's
+    shared relative position bias (its pretraining setting) or one bias per layer, all with LayerScale: the
+    same mask and labels give the same logits and loss, and the encoder exports to timm's Beit unchanged."""
     transformers = pytest.importorskip("transformers")
+    from mimx.modalities.image.interop import from_transformers, to_timm
+
     torch.manual_seed(0)
     cfg = transformers.BeitConfig(
         vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-        image_size=32, patch_size=8, use_mask_token=True, use_absolute_position_embeddings=True,
-        use_relative_position_bias=False, use_shared_relative_position_bias=False, layer_scale_init_value=0.1,
-        use_mean_pooling=True, layer_norm_eps=1e-6)
+        image_size=32, patch_size=8, use_mask_token=True, use_absolute_position_embeddings=positions == "absolute",
+        use_relative_position_bias=positions == "layer", use_shared_relative_position_bias=positions == "shared",
+        layer_scale_init_value=0.1, use_mean_pooling=True, layer_norm_eps=1e-6)
     hf = transformers.BeitForMaskedImageModeling(cfg).eval()
     with torch.no_grad():
-        hf.beit.embeddings.position_embeddings.copy_(torch.cat([torch.zeros(1, 64), sincos_grid((4, 4), 64)])[None])
+        if positions == "absolute":
+            table = torch.cat([torch.zeros(1, 64), sincos_grid((4, 4), 64)])[None]
+            hf.beit.embeddings.position_embeddings.copy_(table)
         hf.beit.embeddings.mask_token.normal_()
-        for p in hf.parameters():
-            if p.ndim == 1:
+        for name, p in hf.named_parameters():
+            if p.ndim == 1 or "relative_position_bias_table" in name:  # biases, LayerScale, position tables
                 p.add_(torch.randn_like(p) * 0.1)
-    ours = mae_vit("tiny", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, encoder_mode="mask_token",
-                   decoder_depth=0, target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=32,
-                   layer_scale=0.1).eval()
-    hf_state = {k: v.detach() for k, v in hf.state_dict().items()}
-    e = "beit.embeddings."
-    state = {"encoder.cls_token": hf_state.pop(e + "cls_token"), "encoder.mask_token": hf_state.pop(e + "mask_token"),
-             "tokenizer.proj.weight": hf_state.pop(e + "patch_embeddings.projection.weight"),
-             "tokenizer.proj.bias": hf_state.pop(e + "patch_embeddings.projection.bias"),
-             "encoder.norm.weight": hf_state.pop("layernorm.weight"),
-             "encoder.norm.bias": hf_state.pop("layernorm.bias"),
-             "decoder.head.weight": hf_state.pop("lm_head.weight"), "decoder.head.bias": hf_state.pop("lm_head.bias"),
-             "target.codebook": torch.randn(32, 192), **pop_hf_blocks(hf_state, "beit.layers", "encoder.blocks", 2)}
-    for i in range(2):
-        for n in (1, 2):
-            state[f"encoder.blocks.{i}.ls{n}.gamma"] = hf_state.pop(f"beit.layers.{i}.lambda_{n}")
-    hf_state.pop(e + "position_embeddings")
-    assert not hf_state
-    ours.load_state_dict(state, strict=True)
+    ours = from_transformers(hf).eval()
+    assert (ours.config.rel_pos_bias, ours.config.abs_pos) == {
+        "absolute": ("none", True), "shared": ("shared", False), "layer": ("layer", False)}[positions]
+    ours.target.load_codes(torch.randn(32, 192))
     x = torch.randn(3, 3, 32, 32)
     hidden = torch.rand(3, 16).argsort(1) < 6
     with torch.no_grad():
         full = ours(x, mask=hidden, decode_all=True)
         out = ours(x, mask=hidden)  # what training runs: logits of the hidden patches only
         theirs = hf(pixel_values=x, bool_masked_pos=hidden, labels=full.target[hidden])
-    torch.testing.assert_close(full.pred, theirs.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(full.loss, theirs.loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(full.pred, theirs.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(full.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+        vit = to_timm(ours).eval()
+        assert type(vit).__name__ == ("VisionTransformer" if positions == "absolute" else "Beit")
+        torch.testing.assert_close(vit.forward_features(x), ours.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pretraining_continues_from_a_transformers_beit_folder(samples, tmp_path):
+    """``train.init`` with a saved BeitForMaskedImageModeling (shared relative position bias, LayerScale): the
+    run starts from its weights, with the codes of the configured codebook (the BEiT has none)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from mimx.modalities.image.interop import from_transformers
+
+    cfg = transformers.BeitConfig(vocab_size=32, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                  intermediate_size=192, image_size=16, patch_size=4, layer_norm_eps=1e-6,
+                                  use_mask_token=True, use_absolute_position_embeddings=False,
+                                  use_shared_relative_position_bias=True, layer_scale_init_value=0.1)
+    hf = transformers.BeitForMaskedImageModeling(cfg)
+    with torch.no_grad():
+        hf.beit.shared_position_bias.relative_position_bias_table.normal_()
+    hf.save_pretrained(tmp_path / "hf")
+    codes = torch.randn(32, 48, generator=torch.Generator().manual_seed(0))
+    codebook = save_codebook(tmp_path / "codes.safetensors", codes, {
+        "patch": [4, 4], "channels": 3,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
+    args = [a for a in tiny_overrides(tmp_path / "run", samples, "method=beit", "train.steps=1", "train.lr=0",
+                                      f"train.init={tmp_path / 'hf'}", f"model.codebook={codebook}",
+                                      "model.rel_pos_bias=shared", "model.abs_pos=false", "model.layer_scale=0.1")
+            if not a.startswith("model.decoder_")]
+    pretrain(compose("mimx.configs.image", "pretrain", args))
+    ours = load_file(str(tmp_path / "run" / "model.safetensors"))
+    theirs = from_transformers(hf).state_dict()
+    assert torch.equal(ours.pop("target.codebook"), codes)
+    theirs.pop("target.codebook")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert torch.equal(ours["encoder.rel_pos_bias.0.relative_position_bias_table"],
+                       hf.beit.shared_position_bias.relative_position_bias_table.detach())
 
 
 def test_beit_resume_under_bf16_pure_gives_identical_weights_and_codes(samples, tmp_path):
@@ -218,9 +247,11 @@ def test_beit_resume_under_bf16_pure_gives_identical_weights_and_codes(samples, 
 
 
 def test_beit_recipe_fits_a_codebook_then_trains_views_probes_and_exports(samples, tmp_path):
+    """BEiT as it pretrains: a shared relative position bias and no absolute positions, LayerScale 0.1."""
     run_dir, codebook = tmp_path / "beit", tmp_path / "codebook.safetensors"
     args = [a for a in tiny_overrides(run_dir, samples, "method=beit", "train.steps=60", "train.log_every=6",
-                                      "train.figure_every=60", "masking.min_block=2")
+                                      "train.figure_every=60", "masking.min_block=2", "model.rel_pos_bias=shared",
+                                      "model.abs_pos=false", "model.layer_scale=0.1")
             if not a.startswith("model.decoder_")]  # BEiT's linear head, not a decoder
     proc = subprocess.run([*MIMX, "image", "codebook", *args, f"codebook.out={codebook}", "codebook.vocab_size=64",
                            "codebook.images=400", "codebook.patches_per_image=0"],
@@ -254,3 +285,6 @@ def test_beit_recipe_fits_a_codebook_then_trains_views_probes_and_exports(sample
     proc = subprocess.run([*MIMX, "image", "export", str(run_dir), str(tmp_path / "export")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = json.loads((tmp_path / "export" / "timm_vit.json").read_text())
+    assert exported["timm_class"] == "Beit" and exported["use_shared_rel_pos_bias"] and not exported["use_abs_pos_emb"]
+    assert model.encoder.rel_pos_bias[0].table.abs().sum() > 0  # the table learned

@@ -4,6 +4,7 @@ linear and attentive probes and few-label fine-tuning.
     python tools/quality_benchmark.py [--data data/fashion_mnist] [--out runs/fmnist_bench] [--epochs 12]
     python tools/quality_benchmark.py --quick      # MNIST 5k sample shards, a few minutes
     python tools/quality_benchmark.py --method simmim --epochs 5 --protocols knn,linear --baselines none
+    python tools/quality_benchmark.py --method beit --set model.rel_pos_bias=shared --set model.abs_pos=false
 
 1. Pretrains a small ViT (``--method mae|simmim|maskfeat|beit``; beit fits its codebook first) on the 60,000
    training images without labels.
@@ -56,6 +57,9 @@ def main() -> None:
                         help="comma-separated subset of knn, linear, attentive, finetune")
     parser.add_argument("--baselines", choices=["all", "none"], default="all",
                         help="none: evaluate only the pretrained encoder (random init and pixels skipped)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra model or masking override for pretraining (repeatable), e.g. "
+                             "--set model.rel_pos_bias=shared --set model.abs_pos=false")
     args = parser.parse_args()
     out = Path(args.out)
     if args.quick:
@@ -75,7 +79,7 @@ def main() -> None:
 
     pretrain_run = out / "pretrain"
     model = ["model=vit_tiny", "model.img_size=28", "model.patch_size=4", "model.depth=6",
-             f"method={args.method}", *METHOD_ARGS[args.method]]
+             f"method={args.method}", *METHOD_ARGS[args.method], *args.set]
     data = ["data=shards", f"data.shards={train}", "data.scale=[0.5,1.0]", "data.num_workers=2"]
     if args.method == "beit":  # BEiT-style targets: a codebook of the training views' patches, fitted first
         codebook = out / "codebook.safetensors"

@@ -88,6 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"encoder=pixels has no tokens for {protocol}; use knn or linear")
     if cfg.pool not in ("cls", "mean"):
         raise UserError(f"pool={cfg.pool!r}; choose cls or mean")
+    check_choice(cfg.rel_pos_bias, ("as_pretrained", "layer"), "rel_pos_bias")
     data_cfg = from_mapping(EvalDataConfig, cfg.data, "data")
     dist = eval_processes(cfg.device, protocol)
     device = dist.device
@@ -110,6 +111,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         ft = from_mapping(FinetuneConfig, cfg.finetune, "finetune")
         pool = "avg" if ft.pool == "avg" else "token"
+        rel_pos = None if cfg.rel_pos_bias == "as_pretrained" else cfg.rel_pos_bias
+        result["rel_pos_bias"] = rel_pos or mae.config.rel_pos_bias
 
         def prepare(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
             return normalizer(batch["image"].to(device)), batch["label"].long().to(device)
@@ -117,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         result.update(finetune_protocol(
             mae, ft, data, depth=mae.config.depth, num_classes=data_cfg.num_classes, prepare=prepare, device=device,
             seed=cfg.seed, dist=dist, state_path=finetune_state_path(cfg, dist),
-            build=lambda n: to_timm(mae, num_classes=n, drop_path_rate=ft.drop_path, global_pool=pool)))
+            build=lambda n: to_timm(mae, rel_pos, num_classes=n, drop_path_rate=ft.drop_path, global_pool=pool)))
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["skipped"] = data.skipped()
     if dist.is_main:

@@ -1,8 +1,9 @@
-"""Interop: load transformers' ViTMAE (MAE) and ViTForMaskedImageModeling (SimMIM) into mimx; export the mimx
-encoder to a plain timm ViT."""
+"""Interop: load transformers' ViTMAE (MAE), ViTForMaskedImageModeling (SimMIM) and BeitForMaskedImageModeling
+(BEiT) into mimx; export the mimx encoder to a plain timm ViT (or Beit)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -29,7 +30,8 @@ def _encoder_fields(hf: Any, name: str) -> dict[str, Any]:
     return dict(img_size=image, patch_size=patch, in_chans=hf.num_channels, embed_dim=hf.hidden_size,
                 depth=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
                 mlp_ratio=_mlp_ratio(f"{name} encoder", hf.hidden_size, hf.intermediate_size),
-                qkv_bias=hf.qkv_bias, norm_eps=hf.layer_norm_eps, name="from_transformers")
+                qkv_bias=getattr(hf, "qkv_bias", True),  # BEiT has no such key: always query and value biases
+                norm_eps=hf.layer_norm_eps, name="from_transformers")
 
 
 def _mae_config(hf: Any) -> ImageMAEConfig:
@@ -55,6 +57,46 @@ def _simmim_config(hf: Any) -> ImageMAEConfig:
     )
 
 
+def _beit_config(hf: Any) -> ImageMAEConfig:
+    if hf.use_relative_position_bias and hf.use_shared_relative_position_bias:
+        raise UserError("this BEiT config asks for both shared and per-layer relative position biases; mimx "
+                        "holds one kind")
+    rel_pos = "shared" if hf.use_shared_relative_position_bias else "layer" if hf.use_relative_position_bias else "none"
+    return ImageMAEConfig(
+        **_encoder_fields(hf, "BeitForMaskedImageModeling"), layer_scale=hf.layer_scale_init_value or None,
+        rel_pos_bias=rel_pos, abs_pos=hf.use_absolute_position_embeddings, encoder_mode="mask_token",
+        decoder_depth=0, target="tokens", norm_pix=False, loss="cross_entropy", vocab_size=hf.vocab_size,
+        masking={"kind": "block", "ratio": 0.4},
+    )
+
+
+def _beit_state(hf: dict[str, torch.Tensor], config: ImageMAEConfig, mae: ImageMAE) -> dict[str, torch.Tensor]:
+    """BEiT weights (popped from ``hf``) under mimx names: fused qkv with a zero key bias, LayerScale from the
+    ``lambda_*`` vectors, the relative position tables, the vocabulary head."""
+    e = "beit.embeddings."
+    if e + "mask_token" not in hf:
+        warnings.warn("this BEiT was built with use_mask_token=false: its encoder features load, its mask token "
+                      "is a new one", stacklevel=3)
+    state = {"encoder.cls_token": hf.pop(e + "cls_token"),
+             "encoder.mask_token": hf.pop(e + "mask_token", mae.encoder.mask_token.detach()),
+             "tokenizer.proj.weight": hf.pop(e + "patch_embeddings.projection.weight"),
+             "tokenizer.proj.bias": hf.pop(e + "patch_embeddings.projection.bias"),
+             "encoder.norm.weight": hf.pop("layernorm.weight"), "encoder.norm.bias": hf.pop("layernorm.bias"),
+             "decoder.head.weight": hf.pop("lm_head.weight"), "decoder.head.bias": hf.pop("lm_head.bias"),
+             **pop_hf_blocks(hf, "beit.layers", "encoder.blocks", config.depth)}
+    for i in range(config.depth):
+        if config.layer_scale:
+            for n in (1, 2):
+                state[f"encoder.blocks.{i}.ls{n}.gamma"] = hf.pop(f"beit.layers.{i}.lambda_{n}")
+        if config.rel_pos_bias == "layer":
+            table = hf.pop(f"beit.layers.{i}.relative_position_bias.relative_position_bias_table")
+            state[f"encoder.rel_pos_bias.{i}.relative_position_bias_table"] = table
+    if config.rel_pos_bias == "shared":
+        state["encoder.rel_pos_bias.0.relative_position_bias_table"] = hf.pop(
+            "beit.shared_position_bias.relative_position_bias_table")
+    return state
+
+
 def _check_table(name: str, table: torch.Tensor, grid: tuple[int, int]) -> None:
     expected = sincos_grid(grid, table.shape[-1])
     got = table.reshape(-1, table.shape[-1])
@@ -69,11 +111,12 @@ def _check_table(name: str, table: torch.Tensor, grid: tuple[int, int]) -> None:
 
 
 def _load_hf(path: str) -> Any:
-    from transformers import AutoConfig, ViTForMaskedImageModeling, ViTMAEForPreTraining
+    import transformers
 
-    architectures = AutoConfig.from_pretrained(path, local_files_only=True).architectures or []
-    cls = ViTForMaskedImageModeling if "ViTForMaskedImageModeling" in architectures else ViTMAEForPreTraining
-    return cls.from_pretrained(path, local_files_only=True)
+    architectures = transformers.AutoConfig.from_pretrained(path, local_files_only=True).architectures or []
+    name = next((n for n in ("ViTForMaskedImageModeling", "BeitForMaskedImageModeling") if n in architectures),
+                "ViTMAEForPreTraining")
+    return getattr(transformers, name).from_pretrained(path, local_files_only=True)
 
 
 def from_transformers(model: Any) -> ImageMAE:
@@ -83,18 +126,35 @@ def from_transformers(model: Any) -> ImageMAE:
     give the same loss and predictions) or a ``ViTForMaskedImageModeling``
     (SimMIM: mask tokens in the encoder, a 1x1 convolution + pixel shuffle as
     the head, L1 on hidden pixels; with the same mask, the same loss and
-    reconstruction), as an object or a local folder saved with ``save_pretrained``.
-    Positions must be the fixed sin-cos table: mimx computes them.
+    reconstruction) or a ``BeitForMaskedImageModeling`` (BEiT: mask tokens, shared
+    or per-layer relative position bias, LayerScale, a head over the visual-token
+    vocabulary; with the same mask, the same logits and loss), as an object or a
+    local folder saved with ``save_pretrained``. Absolute positions, where the
+    model has them, must be the fixed sin-cos table: mimx computes them. A BEiT
+    comes without the tokenizer its head predicts (a DALL-E dVAE): its token
+    target has no codes until a codebook is given (``model.codebook``).
     """
     if isinstance(model, str):
         model = _load_hf(model)
-    simmim = type(model).__name__ == "ViTForMaskedImageModeling"
-    config = _simmim_config(model.config) if simmim else _mae_config(model.config)
+    kind = type(model).__name__
+    make = {"ViTForMaskedImageModeling": _simmim_config, "BeitForMaskedImageModeling": _beit_config}
+    config = make.get(kind, _mae_config)(model.config)
     mae = ImageMAE(config)
     hf = normalise_hf_keys({k: v.detach() for k, v in model.state_dict().items()})
     h, w = config.image_hw
     grid = (h // config.patch_size, w // config.patch_size)
-    _check_table("vit.embeddings.position_embeddings", hf.pop("vit.embeddings.position_embeddings"), grid)
+    prefix = "beit" if kind == "BeitForMaskedImageModeling" else "vit"
+    if config.abs_pos:
+        _check_table(f"{prefix}.embeddings.position_embeddings", hf.pop(f"{prefix}.embeddings.position_embeddings"),
+                     grid)
+    if prefix == "beit":
+        state = _beit_state(hf, config, mae)
+        state["target.codebook"] = mae.target.codebook
+        if hf:
+            raise UserError(f"transformers model has weights mimx does not know: {', '.join(sorted(hf)[:8])}")
+        mae.load_state_dict(state, strict=True)
+        return mae
+    simmim = kind == "ViTForMaskedImageModeling"
     state: dict[str, torch.Tensor] = {
         "encoder.cls_token": hf.pop("vit.embeddings.cls_token"),
         "tokenizer.proj.weight": hf.pop("vit.embeddings.patch_embeddings.projection.weight"),
@@ -131,20 +191,23 @@ def from_transformers(model: Any) -> ImageMAE:
 # ---------------------------------------------------------------- timm export
 
 
-def timm_kwargs(mae: ImageMAE) -> dict[str, Any]:
-    """``timm.models.vision_transformer.VisionTransformer`` arguments matching the encoder (JSON-safe)."""
+def timm_kwargs(mae: ImageMAE, rel_pos: str | None = None) -> dict[str, Any]:
+    """timm ``VisionTransformer`` (or ``Beit``) arguments matching the encoder (JSON-safe); ``rel_pos="layer"``
+    turns a shared relative position table into one per block."""
     c = mae.config
-    return timm_vit_kwargs(mae.encoder, c.image_hw, c.patch_size, c.in_chans)
+    return timm_vit_kwargs(mae.encoder, c.image_hw, c.patch_size, c.in_chans, abs_pos=c.abs_pos, rel_pos=rel_pos)
 
 
-def timm_state_dict(mae: ImageMAE) -> dict[str, torch.Tensor]:
-    """Encoder weights under timm ViT names; the fixed sin-cos table becomes ``pos_embed``."""
+def timm_state_dict(mae: ImageMAE, rel_pos: str | None = None) -> dict[str, torch.Tensor]:
+    """Encoder weights under timm names; the fixed sin-cos table becomes ``pos_embed``."""
     c = mae.config
     h, w = c.image_hw
-    return timm_vit_state(mae.encoder, mae.tokenizer.proj,
-                          sincos_grid((h // c.patch_size, w // c.patch_size), c.embed_dim))
+    pos = sincos_grid((h // c.patch_size, w // c.patch_size), c.embed_dim) if c.abs_pos else None
+    return timm_vit_state(mae.encoder, mae.tokenizer.proj, pos, rel_pos)
 
 
-def to_timm(mae: ImageMAE, **overrides: Any) -> nn.Module:
-    """A timm ``VisionTransformer`` holding the mimx encoder; loads with no missing or unexpected keys."""
-    return load_timm_vit(build_timm_vit(timm_kwargs(mae), **overrides), timm_state_dict(mae))
+def to_timm(mae: ImageMAE, rel_pos: str | None = None, **overrides: Any) -> nn.Module:
+    """A timm ``VisionTransformer`` (``Beit`` with a relative position bias) holding the mimx encoder; loads
+    with no missing or unexpected keys. ``rel_pos="layer"``: a shared relative position table becomes one per
+    block (BEiT's fine-tuning); ``overrides`` go to the timm class (``num_classes``, ``drop_path_rate``, ...)."""
+    return load_timm_vit(build_timm_vit(timm_kwargs(mae, rel_pos), **overrides), timm_state_dict(mae, rel_pos))

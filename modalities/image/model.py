@@ -36,6 +36,8 @@ class ImageMAEConfig:
     norm_eps: float = 1e-6
     drop_path: float = 0.0
     layer_scale: float | None = None  # LayerScale init of the encoder blocks (BEiT: 0.1); None: none
+    rel_pos_bias: str = "none"  # BEiT's relative position bias: "none", "shared" (one table) or "layer" (per block)
+    abs_pos: bool = True  # add the fixed sin-cos positions to the encoder's tokens (BEiT with rel_pos_bias: false)
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
@@ -62,6 +64,8 @@ class ImageMAEConfig:
                 "decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio", "encoder_mode")
         if self.layer_scale:  # runs from before LayerScale existed record none
             keys += ("layer_scale",)
+        if self.rel_pos_bias != "none" or not self.abs_pos:  # nor do runs from before relative positions
+            keys += ("rel_pos_bias", "abs_pos")
         if self.target == "hog":  # runs from before other targets existed record no target
             keys += ("target", "hog_cell", "hog_bins")
         elif self.target == "tokens":
@@ -109,11 +113,15 @@ class ImageMAE(MaskedAutoencoder):
                                  f"use a multiple of {p} (e.g. {max(p, axis // p * p)})")
         if c.encoder_mode not in ("drop", "mask_token"):
             raise UserError(f"model.encoder_mode must be 'drop' or 'mask_token', got {c.encoder_mode!r}")
+        if not c.abs_pos and c.rel_pos_bias == "none":
+            raise UserError("model.abs_pos=false leaves the encoder without positions; set "
+                            "model.rel_pos_bias=shared or layer (BEiT), or keep model.abs_pos=true")
         masking = build_masking(**c.masking)
         target = c.build_target()
         encoder = MaskedEncoder(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, drop_path=c.drop_path, init_values=c.layer_scale or None,
-                                mask_token=c.encoder_mode == "mask_token")
+                                mask_token=c.encoder_mode == "mask_token", rel_pos=c.rel_pos_bias,
+                                grid=(c.image_hw[0] // p, c.image_hw[1] // p))
         decoder = MaskedDecoder(c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads,
                                 target.width(c.in_chans), mlp_ratio=c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, fill_hidden=c.encoder_mode == "drop")
@@ -122,7 +130,7 @@ class ImageMAE(MaskedAutoencoder):
             tokenizer=PatchTokenizer(c.in_chans, c.embed_dim, (p, p)),
             encoder=encoder,
             decoder=decoder,
-            encoder_pos=SinCosGridPosition(c.embed_dim),
+            encoder_pos=SinCosGridPosition(c.embed_dim) if c.abs_pos else None,
             decoder_pos=dec_pos,
             masking=masking,
             target=target,
