@@ -150,7 +150,11 @@ class MaskedEncoder(nn.Module):
         if layout is None:
             raise ValueError("this encoder has a relative position bias: pass the token grid as layout")
         keep = mask.ids_keep if mask is not None and self.mask_token is None else None
-        return [table(tuple(layout), keep) for table in self.rel_pos_bias]
+        biases = [table(tuple(layout), keep) for table in self.rel_pos_bias]
+        device = biases[0].device.type
+        if torch.is_autocast_enabled(device):  # scores are in the autocast dtype: an fp32 bias would promote them
+            biases = [b.to(torch.get_autocast_dtype(device)) for b in biases]
+        return biases
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor | None, mask: Mask | None = None,
                 layout: tuple[int, int] | None = None) -> torch.Tensor:

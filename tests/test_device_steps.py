@@ -42,15 +42,19 @@ def backward(loss: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_image_mae_step_with_uint8_input_and_norm_pix(device):
+@pytest.mark.parametrize("rel_pos", ["none", "shared"])  # shared: BEiT's bias, gathered for the visible tokens
+def test_image_mae_step_with_uint8_input_and_norm_pix(device, rel_pos):
     torch.manual_seed(0)
-    model = mae_vit("tiny", img_size=32, patch_size=8, depth=2, decoder_depth=1).to(device)
+    model = mae_vit("tiny", img_size=32, patch_size=8, depth=2, decoder_depth=1, rel_pos_bias=rel_pos,
+                    abs_pos=rel_pos == "none").to(device)
     normalizer = Normalizer([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8).to(device)
 
     def step() -> torch.Tensor:
         noise = torch.rand(4, 16, device=device)  # as the engine draws it: on the device
-        return backward(model(normalizer(images), noise=noise).loss)
+        with torch.autocast(device, torch.bfloat16, enabled=rel_pos != "none"):
+            loss = model(normalizer(images), noise=noise).loss
+        return backward(loss)
 
     step_without_syncs(step, device)
 

@@ -6,6 +6,7 @@
     python tools/benchmark.py loader [--shards data/samples/mnist] [--size 224] [--workers 1,2]
     python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav]
     python tools/benchmark.py peak
+    python tools/benchmark.py rel-pos [--method beit|mae] [--model base] [--batch 8]
     python tools/benchmark.py point-ops [--clouds 32] [--points 1024] [--centres 64] [--k 32] [--threads 2]
     python tools/benchmark.py point-step [--model small] [--batch 32] [--precisions fp32,bf16]
     python tools/benchmark.py multimodal-step [--model tiny] [--image 64] [--patch 8] [--batch 32]
@@ -27,6 +28,8 @@ a Chamfer distance with autograd through the full ``cdist`` matrix).
 grouping (FPS + kNN). No installable peer exists (the reference needs custom CUDA extensions).
 ``multimodal-step``: MultiMAE on RGB + depth + segmentation against mimx's image MAE on one image with the
 same total token count, visible count, encoder and decoder width, fp32 and bf16.
+``rel-pos``: a train step with BEiT's shared relative position bias (and no absolute positions) against the
+same model with fixed sin-cos positions, alternating in one process.
 ``--paired N`` then builds mimx's best configuration and the peers' best side by side in one process
 and times N steps of each in turn: on a shared machine whose speed drifts between processes, the
 median of those per-step ratios is the comparison to trust.
@@ -672,6 +675,56 @@ def cmd_head(args: argparse.Namespace) -> None:
           f"{losses[0]:.6f} / {losses[1]:.6f}")
 
 
+def cmd_rel_pos(args: argparse.Namespace) -> None:
+    """Train step with BEiT's shared relative position bias (no absolute positions) against the same model with
+    fixed sin-cos positions, alternating steps in one process; MAE (drop) or BEiT-style (mask tokens)."""
+    from mimx.modalities.image import mae_vit
+
+    device = device_of(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.method == "beit":
+        method = dict(encoder_mode="mask_token", decoder_depth=0, target="tokens", norm_pix=False,
+                      loss="cross_entropy", vocab_size=args.vocab, masking={"kind": "block", "ratio": 0.4})
+    else:
+        method = dict(masking={"kind": "random", "ratio": 0.75})
+    models, optimizers = {}, {}
+    for kind in ("sincos", "rel_pos"):
+        torch.manual_seed(0)
+        positions = dict(rel_pos_bias="shared", abs_pos=False) if kind == "rel_pos" else {}
+        model = mae_vit(args.model, img_size=args.image, patch_size=args.patch, **method, **positions).to(device)
+        if args.method == "beit":
+            model.target.load_codes(torch.randn(args.vocab, args.patch * args.patch * 3))
+        models[kind], optimizers[kind] = model, torch.optim.AdamW(model.parameters(), lr=1e-6)
+    x = torch.randn(args.batch, 3, args.image, args.image, device=device)
+    mask = models["sincos"].make_mask(x, generator=torch.Generator().manual_seed(0))
+
+    def step(kind: str) -> float:
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = models[kind](x, mask=mask).loss
+        loss.backward()
+        optimizers[kind].step()
+        optimizers[kind].zero_grad(set_to_none=True)
+        sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        step("sincos"), step("rel_pos")
+    times: dict[str, list[float]] = {"sincos": [], "rel_pos": []}
+    for _ in range(args.steps):
+        for kind in times:
+            times[kind].append(step(kind))
+    quart = ratio_quartiles(times["rel_pos"], times["sincos"])  # sin-cos time / relative time per round
+    print(f"# {args.method} ViT-{args.model[0].upper()}/{args.patch}, {args.image} px, batch {args.batch}, "
+          f"{args.precision}; {args.steps} alternating train steps after {args.warmup} warm-up; device {device}, "
+          f"threads {torch.get_num_threads()}")
+    print("| positions | samples/s (median) |\n|---|---|")
+    for kind, name in (("sincos", "fixed sin-cos (absolute)"), ("rel_pos", "shared relative position bias")):
+        print(f"| {name} | {args.batch / statistics.median(times[kind]):.2f} |")
+    print(f"\nrelative / sin-cos speed: {quart[1]:.2f}x (quartiles {quart[0]:.2f}-{quart[2]:.2f}x)")
+
+
 def add_run_args(p: argparse.ArgumentParser, repeats: int | None = None) -> None:
     """``--threads`` and ``--device`` (and ``--repeats`` when given a default) of the single-op benchmarks."""
     if repeats is not None:
@@ -873,6 +926,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     add_run_args(p)
+    p = sub.add_parser("rel-pos")
+    p.add_argument("--method", choices=["mae", "beit"], default="beit")
+    p.add_argument("--model", default="base")
+    add_token_args(p)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    add_run_args(p)
     p = sub.add_parser("tokens")
     p.add_argument("--batch", type=int, default=64)
     add_token_args(p)
@@ -911,8 +973,9 @@ def main() -> None:
         print(json.dumps((measure_step if args.cmd == "_step" else measure_paired)(args)))
     else:
         {"step": cmd_step, "paired": cmd_paired, "loader": cmd_loader, "video-loader": cmd_video_loader,
-         "peak": cmd_peak, "hog": cmd_hog, "tokens": cmd_tokens, "head": cmd_head, "point-ops": cmd_point_ops,
-         "point-step": cmd_point_step, "multimodal-step": cmd_multimodal_step}[args.cmd](args)
+         "peak": cmd_peak, "hog": cmd_hog, "tokens": cmd_tokens, "head": cmd_head, "rel-pos": cmd_rel_pos,
+         "point-ops": cmd_point_ops, "point-step": cmd_point_step,
+         "multimodal-step": cmd_multimodal_step}[args.cmd](args)
 
 
 if __name__ == "__main__":

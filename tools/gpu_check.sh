@@ -76,5 +76,7 @@ step multimodal 40 multimodal-step --model base --image 224 --patch 16 --batch 6
 step hog 30 hog --batch 64
 step tokens 30 tokens --batch 64
 step beit_head 45 head --model base --batch 64 --steps 8 --warmup 2
+step rel_pos 45 rel-pos --method beit --model base --batch 64 --steps 8 --warmup 2
+step rel_pos_mae 45 rel-pos --method mae --model base --batch 64 --steps 8 --warmup 2
 step point_ops 40 point-ops
 step point_step 40 point-step --precisions bf16
