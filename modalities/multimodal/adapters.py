@@ -9,7 +9,7 @@ from torch import nn
 
 from mimx.masking import Mask, gather_tokens
 from mimx.patches import grid_size
-from mimx.pos_embed import sincos_grid
+from mimx.pos_embed import SinCosGridPosition
 from mimx.transformer import make_blocks, run_blocks
 
 
@@ -33,6 +33,7 @@ class InputAdapter(nn.Module):
             self.class_embed = nn.Embedding(num_classes + 1, class_dim)
             channels = class_dim
         self.proj = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        self.pos = SinCosGridPosition(dim)  # one table per grid and device, not a host copy every step
         self.modality_embed = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.modality_embed, std=0.02)
 
@@ -47,8 +48,7 @@ class InputAdapter(nn.Module):
             x = self.class_embed(ids).permute(0, 3, 1, 2)
         grid = self.grid(x)
         tokens = self.proj(x.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
-        pos = sincos_grid(grid, tokens.shape[-1]).to(tokens.device, tokens.dtype)
-        return tokens + pos + self.modality_embed.to(tokens.dtype)
+        return tokens + self.pos(grid, tokens.device).to(tokens.dtype) + self.modality_embed.to(tokens.dtype)
 
 
 class CrossAttention(nn.Module):
@@ -106,6 +106,7 @@ class OutputAdapter(nn.Module):
         self.proj_context = nn.Linear(enc_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.task_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = SinCosGridPosition(dim)
         self.cross = CrossBlock(dim, heads)
         self.blocks = make_blocks(dim, depth, heads) if depth else nn.ModuleList()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -129,8 +130,7 @@ class OutputAdapter(nn.Module):
             batch, total = mask.mask.shape
             fill = self.mask_token.to(visible.dtype).expand(batch, total - visible.shape[1], -1)
             placed = gather_tokens(torch.cat([visible, fill], dim=1), mask.ids_restore)[:, span]
-        pos = sincos_grid(grid, placed.shape[-1]).to(placed.device, placed.dtype)
-        queries = placed + pos + self.task_embed.to(placed.dtype)
+        queries = placed + self.pos(grid, placed.device).to(placed.dtype) + self.task_embed.to(placed.dtype)
         x = self.cross(queries, context)
         x = run_blocks(self.blocks, x)
         return self.head(self.norm(x))
