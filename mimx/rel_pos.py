@@ -9,8 +9,6 @@ table was built for (another image size) reads a bicubically resized copy of the
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,9 +39,17 @@ def relative_position_index(grid: tuple[int, int], prefix: int = 1) -> torch.Ten
     return index
 
 
-@functools.lru_cache(maxsize=32)
-def _index_constant(grid: tuple[int, int], prefix: int) -> DeviceConstant:
-    return DeviceConstant(relative_position_index(grid, prefix))
+_INDEXES: dict[tuple[tuple[int, int], int], DeviceConstant] = {}
+
+
+def _index_on(grid: tuple[int, int], prefix: int, device: torch.device) -> torch.Tensor:
+    """:func:`relative_position_index` on ``device``, built once per grid (inside a compiled graph: built there)."""
+    if torch.compiler.is_compiling():
+        return relative_position_index(grid, prefix).to(device)
+    constant = _INDEXES.get((grid, prefix))
+    if constant is None:
+        constant = _INDEXES[(grid, prefix)] = DeviceConstant(relative_position_index(grid, prefix))
+    return constant.on(device)
 
 
 class RelativePositionBias(nn.Module):
@@ -76,7 +82,7 @@ class RelativePositionBias(nn.Module):
         sample, class token first (``[B, heads, P + K, P + K]``: an encoder that drops hidden tokens)."""
         grid = (int(grid[0]), int(grid[1]))
         table = self.table_for(grid)
-        index = _index_constant(grid, self.prefix).on(table.device)
+        index = _index_on(grid, self.prefix, table.device)
         if keep is None:
             return table[index].permute(2, 0, 1)
         if self.prefix:
