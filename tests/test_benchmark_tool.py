@@ -55,3 +55,11 @@ def test_head_command_compares_hidden_only_logits_at_the_same_loss():
     line = next(x for x in out.splitlines() if x.startswith("hidden only / every patch: "))
     hidden_only, every = (float(v) for v in line.split("same loss: ")[1].split(" / "))
     assert abs(hidden_only - every) < 1e-5, line
+
+
+def test_rel_pos_command_times_both_position_kinds():
+    out = subprocess.run([sys.executable, str(TOOL), "rel-pos", "--method", "mae", "--model", "tiny", "--image", "32",
+                          "--patch", "8", "--vocab", "64", "--batch", "2", "--steps", "2", "--warmup", "0",
+                          "--threads", "1", "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    assert "| fixed sin-cos (absolute) |" in out and "| shared relative position bias |" in out, out
+    assert float(out.split("relative / sin-cos speed: ")[1].split("x")[0]) > 0
