@@ -35,8 +35,9 @@ e2e image_stop 90 mimx image pretrain $IMG train.stop_at_step=$((S * 2 / 3)) run
 e2e image_resume 90 mimx image pretrain $IMG run.dir="$RUNS/image"
 e2e image_maskfeat 90 mimx image pretrain experiment=demo method=maskfeat model.hog_cell=2 $TRAIN \
     train.precision=bf16 train.steps=$S train.figure_every=$S run.dir="$RUNS/image_maskfeat"
+# SimMIM with BEiT's relative positions (one bias table per block) in bf16-pure
 e2e image_simmim 90 mimx image pretrain experiment=demo method=simmim $TRAIN train.precision=bf16-pure \
-    train.steps=$S train.figure_every=$S run.dir="$RUNS/image_simmim"
+    model.rel_pos_bias=layer model.abs_pos=false train.steps=$S train.figure_every=$S run.dir="$RUNS/image_simmim"
 EVAL="checkpoint=$RUNS/image data.train=data/samples/mnist data.test=data/samples/mnist_test device=$DEVICE"
 e2e image_knn 90 mimx image eval knn $EVAL
 e2e image_linear 120 mimx image eval linear $EVAL linear.epochs=5
