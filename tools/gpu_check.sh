@@ -10,7 +10,7 @@
 # the sample shards (tools/gpu_e2e.sh), the CUDA tests (no host sync in a training step), the matmul peak, the
 # train steps of mimx against transformers (ViT-B, VideoMAE-B, ViT-L) in bf16 with throughput and share of
 # the measured peak, as a table and --paired, the MultiMAE step, MaskFeat's HOG target, BEiT's token lookup
-# and its hidden-only head, the Point-MAE ops and step. Each benchmark configuration starts its own process.
+# and its hidden-only head, the cost of BEiT's relative position bias, the Point-MAE ops and step. Each benchmark configuration starts its own process.
 # QUICK=1 DEVICE=cpu: a dry run. COMPILED=1: instead, ViT-B MAE eager against torch.compile with CUDA graphs
 # (mode reduce-overhead) for both mimx and transformers, paired in one process, then a short training run
 # with train.compile=reduce-overhead through the CLI (a second call, about 250 s).
