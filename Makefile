@@ -1,5 +1,6 @@
 # mimx: one command sets everything up for each job.
-#   make test   create .venv, install mimx with its test extras, lint, run the test suite (CI runs this)
+#   make test   create .venv, install mimx with its test extras, lint, run the test suite (CI runs this), then
+#               its transformers checks again under transformers 4.46
 #   make demo   create .venv, build the embedded sample shards, pretrain a small image MAE on them
 #   make demo-beit   the same for BEiT-style: fit a codebook of the samples' patches, then pretrain on its ids
 #   make demo-video  the same for a small VideoMAE on the embedded real clips
@@ -8,6 +9,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# the oldest transformers mimx's converters support (pyproject's bench extra), beside the venv's own 5.x
+TRANSFORMERS4 := $(VENV)/transformers4
 
 .PHONY: setup samples test lint demo demo-beit demo-video demo-points demo-multimodal clean
 
@@ -27,8 +30,14 @@ samples: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+$(TRANSFORMERS4)/.installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(TRANSFORMERS4) \
+		'transformers==4.46.3' 'huggingface_hub==0.36.2' 'tokenizers==0.20.3'
+	touch $@
+
+test: setup lint $(TRANSFORMERS4)/.installed
 	$(BIN)/python -m pytest -q
+	PYTHONPATH=$(TRANSFORMERS4) $(BIN)/python -m pytest -q -m transformers -p no:cacheprovider
 
 demo: samples
 	$(BIN)/mimx image pretrain experiment=demo

@@ -20,6 +20,7 @@ _LAYER_RENAMES = [
     (r"attention\.attention\.query\.", "attention.q_proj."),
     (r"attention\.attention\.key\.", "attention.k_proj."),
     (r"attention\.attention\.value\.", "attention.v_proj."),
+    (r"attention\.attention\.([qv])_bias$", r"attention.\1_proj.bias"),  # VideoMAE 4.x: q and v biases alone
     (r"attention\.output\.dense\.", "attention.o_proj."),
     (r"intermediate\.dense\.", "mlp.fc1."),
     (r"(?<!attention\.)output\.dense\.", "mlp.fc2."),

@@ -146,14 +146,20 @@ def test_token_viewer_shows_the_codes_and_the_predicted_codes():
     torch.testing.assert_close(predicted[hidden], normalizer.invert(guessed)[hidden])
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("positions", ["absolute", "shared", "layer"])
 def test_same_loss_as_transformers_beit_masked_image_modeling(positions):
     """``from_transformers`` on transformers' BeitForMaskedImageModeling, with sin-cos absolute positions, BEiT's
     shared relative position bias (its pretraining setting) or one bias per layer, all with LayerScale: the
     same mask and labels give the same logits and loss, and the encoder exports to timm's Beit unchanged."""
     transformers = pytest.importorskip("transformers")
+    from packaging.version import Version
+
     from mimx.modalities.image.interop import from_transformers, to_timm
 
+    if positions == "absolute" and Version(transformers.__version__) < Version("4.49"):
+        pytest.skip("transformers < 4.49 adds BEiT's absolute positions before the mask token replaces a patch, so "
+                    "its mask tokens carry no position (BEiT and mimx add them after)")
     torch.manual_seed(0)
     cfg = transformers.BeitConfig(
         vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
@@ -187,6 +193,7 @@ def test_same_loss_as_transformers_beit_masked_image_modeling(positions):
         torch.testing.assert_close(vit.forward_features(x), ours.encode(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.transformers
 def test_pretraining_continues_from_a_transformers_beit_folder(samples, tmp_path):
     """``train.init`` with a saved BeitForMaskedImageModeling (shared relative position bias, LayerScale): the
     run starts from its weights, with the codes of the configured codebook (the BEiT has none)."""
@@ -200,8 +207,9 @@ def test_pretraining_continues_from_a_transformers_beit_folder(samples, tmp_path
                                   use_mask_token=True, use_absolute_position_embeddings=False,
                                   use_shared_relative_position_bias=True, layer_scale_init_value=0.1)
     hf = transformers.BeitForMaskedImageModeling(cfg)
+    shared = getattr(hf.beit, "shared_position_bias", None) or hf.beit.encoder.relative_position_bias  # 5.x or 4.x
     with torch.no_grad():
-        hf.beit.shared_position_bias.relative_position_bias_table.normal_()
+        shared.relative_position_bias_table.normal_()
     hf.save_pretrained(tmp_path / "hf")
     codes = torch.randn(32, 48, generator=torch.Generator().manual_seed(0))
     codebook = save_codebook(tmp_path / "codes.safetensors", codes, {
@@ -218,7 +226,7 @@ def test_pretraining_continues_from_a_transformers_beit_folder(samples, tmp_path
     theirs.pop("target.codebook")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert torch.equal(ours["encoder.rel_pos_bias.0.relative_position_bias_table"],
-                       hf.beit.shared_position_bias.relative_position_bias_table.detach())
+                       shared.relative_position_bias_table.detach())
 
 
 def test_beit_resume_under_bf16_pure_gives_identical_weights_and_codes(samples, tmp_path):

@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("modality, extra", [("image", []), ("video", ["--frames", "4"])])
 def test_paired_steps_compute_the_same_loss(modality, extra):
     out = subprocess.run(

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.transformers
 from transformers import ViTConfig, ViTForMaskedImageModeling, ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
-from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
+
+try:  # transformers 5; 4.x has MAE's numpy helper instead
+    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+except ImportError:
+    from transformers.models.vit_mae.modeling_vit_mae import get_2d_sincos_pos_embed
+
+    build_2d_sinusoidal_position_embedding = None
 
 from mimx.config import UserError  # noqa: E402
 from mimx.modalities.image import mae_vit  # noqa: E402
@@ -32,6 +39,9 @@ def _hf_model(norm_pix: bool, image: int = 32, patch: int = 8, mask_ratio: float
     with torch.no_grad():  # what a pretrained checkpoint holds (transformers 5 leaves it zero at random init)
         for table in (model.vit.embeddings.position_embeddings, model.decoder.decoder_pos_embed):
             d = table.shape[-1]
+            if build_2d_sinusoidal_position_embedding is None:  # already in the checkpoints' layout
+                table.copy_(torch.from_numpy(get_2d_sincos_pos_embed(d, grid, add_cls_token=True)).float()[None])
+                continue
             t = build_2d_sinusoidal_position_embedding(grid, grid, d, cls_token=True)
             table.copy_(torch.cat([t[:, d // 2:], t[:, : d // 2]], dim=1)[None])
         for p in model.parameters():  # make biases and norms non-trivial
@@ -94,18 +104,23 @@ def _tokens_pos(mae, x):
 
 
 def test_transformers_4x_key_names_are_understood():
-    hf = _hf_model(True)
-    state = hf.state_dict()
-    old = {}
-    for k, v in state.items():  # rename to the 4.x layout
-        k = k.replace("vit.layers.", "vit.encoder.layer.").replace("vit.layernorm", "vit.layernorm")
-        k = k.replace("attention.q_proj.", "attention.attention.query.")
-        k = k.replace("attention.k_proj.", "attention.attention.key.")
-        k = k.replace("attention.v_proj.", "attention.attention.value.")
-        k = k.replace("attention.o_proj.", "attention.output.dense.")
-        k = k.replace("mlp.fc1.", "intermediate.dense.").replace("mlp.fc2.", "output.dense.")
-        old[k] = v
-    assert normalise_hf_keys(old).keys() == state.keys()
+    # the same layer as transformers 4.x and 5.x name it; the installed version's own names are what the parity
+    # tests above convert
+    v4 = ["vit.encoder.layer.0.attention.attention.query.weight", "vit.encoder.layer.0.attention.attention.key.bias",
+          "vit.encoder.layer.0.attention.attention.value.weight", "vit.encoder.layer.0.attention.output.dense.bias",
+          "vit.encoder.layer.0.intermediate.dense.weight", "vit.encoder.layer.0.output.dense.weight",
+          "vit.encoder.layer.0.layernorm_before.weight", "vit.layernorm.bias",
+          "decoder.decoder_layers.1.attention.attention.query.bias", "decoder.decoder_layers.1.output.dense.bias",
+          "videomae.encoder.layer.3.attention.attention.q_bias", "videomae.encoder.layer.3.intermediate.dense.bias"]
+    v5 = ["vit.layers.0.attention.q_proj.weight", "vit.layers.0.attention.k_proj.bias",
+          "vit.layers.0.attention.v_proj.weight", "vit.layers.0.attention.o_proj.bias",
+          "vit.layers.0.mlp.fc1.weight", "vit.layers.0.mlp.fc2.weight",
+          "vit.layers.0.layernorm_before.weight", "vit.layernorm.bias",
+          "decoder.decoder_layers.1.attention.q_proj.bias", "decoder.decoder_layers.1.mlp.fc2.bias",
+          "videomae.layers.3.attention.q_proj.bias", "videomae.layers.3.mlp.fc1.bias"]
+    t = torch.zeros(1)
+    assert list(normalise_hf_keys(dict.fromkeys(v4, t))) == v5
+    assert list(normalise_hf_keys(dict.fromkeys(v5, t))) == v5
 
 
 def test_zero_position_table_is_refused_with_the_reason():

@@ -14,14 +14,20 @@ def test_sincos_1d_formula():
     assert torch.equal(e[0], torch.cat([torch.zeros(4), torch.ones(4)]).double())
 
 
+@pytest.mark.transformers
 def test_2d_layout_matches_transformers_vitmae():
     pytest.importorskip("transformers")
-    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+    from transformers.models.vit_mae import modeling_vit_mae
 
     for h, w, d in [(4, 4, 64), (14, 14, 768), (3, 5, 32)]:
-        theirs = build_2d_sinusoidal_position_embedding(h, w, d)
-        half = d // 2  # transformers rotates its table to the MAE reference layout [x | y]
-        theirs = torch.cat([theirs[:, half:], theirs[:, :half]], dim=1)
+        if hasattr(modeling_vit_mae, "build_2d_sinusoidal_position_embedding"):  # transformers 5
+            theirs = modeling_vit_mae.build_2d_sinusoidal_position_embedding(h, w, d)
+            half = d // 2  # transformers rotates its table to the MAE reference layout [x | y]
+            theirs = torch.cat([theirs[:, half:], theirs[:, :half]], dim=1)
+        elif h == w:  # transformers 4.x: MAE's numpy helper, square grids only
+            theirs = torch.from_numpy(modeling_vit_mae.get_2d_sincos_pos_embed(d, h)).float()
+        else:
+            continue
         assert torch.allclose(sincos_grid((h, w), d), theirs, atol=1e-6)
 
 

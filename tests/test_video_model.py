@@ -31,6 +31,7 @@ def _hf_videomae(use_mean_pooling: bool, norm_pix: bool = True):
     return VideoMAEForPreTraining(config).eval()
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("use_mean_pooling,norm_pix", [(True, True), (False, True), (True, False)])
 def test_from_transformers_gives_the_same_loss_and_predictions(use_mean_pooling, norm_pix):
     torch.manual_seed(0)
@@ -46,6 +47,7 @@ def test_from_transformers_gives_the_same_loss_and_predictions(use_mean_pooling,
     torch.testing.assert_close(hidden_pred, ref.logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.transformers
 def test_index_table_is_videomae_table():
     from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
 
@@ -154,6 +156,7 @@ def test_mask_from_bool_matches_tube_mask_ids():
     assert torch.equal(again.mask, mask.mask) and again.num_visible == mask.num_visible
 
 
+@pytest.mark.transformers
 def test_a_saved_transformers_videomae_converts_for_train_init(tmp_path):
     from mimx.modalities.video.data import VideoDataConfig
     from mimx.modalities.video.model import VideoMAE, video_mae_config

@@ -89,7 +89,8 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
 def hf_model(preset: str, image: int, patch: int, mask_ratio: float, norm_pix: bool, seed: int = 0):
     """A transformers ViTMAE (random init, MAE sin-cos tables filled as a pretrained checkpoint holds them)."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
-    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+
+    from mimx.pos_embed import sincos_grid  # equal to transformers' table (tests/test_pos_embed.py), any version
 
     width, depth, heads = PRESET_SIZES[preset]
     cfg = ViTMAEConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
@@ -101,8 +102,7 @@ def hf_model(preset: str, image: int, patch: int, mask_ratio: float, norm_pix: b
     with torch.no_grad():
         for table in (model.vit.embeddings.position_embeddings, model.decoder.decoder_pos_embed):
             d = table.shape[-1]
-            t = build_2d_sinusoidal_position_embedding(grid, grid, d, cls_token=True)
-            table.copy_(torch.cat([t[:, d // 2:], t[:, : d // 2]], dim=1)[None])
+            table.copy_(torch.cat([torch.zeros(1, d), sincos_grid((grid, grid), d)])[None])
     return model
 
 

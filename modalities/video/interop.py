@@ -11,6 +11,11 @@ from mimx.interop import check_hf_blocks, normalise_hf_keys, pop_hf_blocks
 from mimx.modalities.video.model import IMAGENET_MEAN, IMAGENET_STD, VideoMAE, VideoMAEConfig
 
 
+def _qv_bias(hf: Any) -> bool:
+    """Whether the layers have query and value biases (``qv_bias`` in transformers 5, ``qkv_bias`` in 4.x)."""
+    return bool(getattr(hf, "qv_bias", getattr(hf, "qkv_bias", True)))
+
+
 def _config_from_hf(hf: Any) -> VideoMAEConfig:
     check_hf_blocks(hf, "VideoMAE")
     if hf.num_channels != 3:
@@ -21,7 +26,7 @@ def _config_from_hf(hf: Any) -> VideoMAEConfig:
         img_size=size, num_frames=hf.num_frames, tubelet_size=hf.tubelet_size, patch_size=hf.patch_size,
         in_chans=hf.num_channels, embed_dim=hf.hidden_size, depth=hf.num_hidden_layers,
         num_heads=hf.num_attention_heads, mlp_ratio=hf.intermediate_size / hf.hidden_size,
-        qkv_bias=bool(hf.qv_bias), norm_eps=hf.layer_norm_eps, encoder_norm=not hf.use_mean_pooling,
+        qkv_bias=_qv_bias(hf), norm_eps=hf.layer_norm_eps, encoder_norm=not hf.use_mean_pooling,
         pos_embed="index", decoder_dim=hf.decoder_hidden_size, decoder_depth=hf.decoder_num_hidden_layers,
         decoder_heads=hf.decoder_num_attention_heads,
         decoder_mlp_ratio=hf.decoder_intermediate_size / hf.decoder_hidden_size,
