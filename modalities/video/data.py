@@ -30,7 +30,7 @@ from mimx.data.labels import read_label
 from mimx.data.shards import dataset_size, expand_shards, find_member
 from mimx.data.stream import Decoder, FileListStream, ShardStream, read_file_list
 from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, random_resized_crop_box
-from mimx.modalities.video.io import BACKENDS, VIDEO_EXTS, open_video
+from mimx.modalities.video.io import BACKENDS, VIDEO_EXTS, check_backend, open_video
 from mimx.modalities.video.sampling import SAMPLINGS, SHORT_MODES, sample_clips
 
 Floats = list[float]  # (the config has a field named `list`, which hides the builtin in its annotations)
@@ -44,7 +44,7 @@ class VideoDataConfig:
     shards: Any = "data/samples/video_clips"  # spec: path, brace pattern, glob, folder, pipe: URL, or a list
     list: str | None = None  # instead of shards: a .csv/.txt of local files, "path label" per line
     num_samples: int | None = None  # videos per epoch; counted from the shards / list when null
-    backend: str = "auto"  # auto (decord if installed) | decord | pyav
+    backend: str = "auto"  # auto (torchcodec, else decord, else pyav) | torchcodec | decord | pyav
     decode_threads: int = 1
     clip_len: int = 16  # frames per clip
     sampling: str = "dense"  # dense (every `rate` frames) | segment (one frame per equal segment, TSN)
@@ -100,6 +100,7 @@ class VideoDataConfig:
         for ok, key, want in checks:
             if not ok:
                 raise UserError(f"data.{key} must be {want}, got {getattr(self, key.split('/')[0])!r}")
+        check_backend(self.backend)
 
 
 def find_video(sample: dict[str, Any]) -> tuple[str, bytes]:

@@ -1,18 +1,23 @@
-"""Video readers (decord or PyAV) over in-memory bytes or files, and an H.264 clip encoder.
+"""Video readers (decord, torchcodec or PyAV) over in-memory bytes or files, and an H.264 clip encoder.
 
 Frames are addressed by their index in presentation order, never by time: a
 variable-frame-rate video is read as its sequence of frames, and ``fps`` is the
-container's average rate. Both backends return identical RGB frames for the
+container's average rate. The backends return identical RGB frames for the
 same indices (tested on real clips).
 
-``decord`` seeks to the key frame before each requested frame, so random
-access costs at most one GOP per clip (re-encode with ``--keyint`` to bound it);
-``pyav`` decodes sequentially from the first frame up to the last requested one.
+``decord`` and ``torchcodec`` seek to the key frame before each requested
+frame, so random access costs at most one GOP per clip (re-encode with
+``--keyint`` to bound it); ``pyav`` decodes sequentially from the first frame
+up to the last requested one. torchcodec (PyTorch's decoder) needs FFmpeg's
+shared libraries (4 to 8) on the system. "auto" takes the fastest that loads
+(torchcodec, then decord, then PyAV; measured in docs/benchmarks.md) and reads
+a video it cannot decode with PyAV.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import io
 import os
 import re
@@ -25,7 +30,7 @@ import numpy as np
 from mimx.config import UserError
 
 VIDEO_EXTS = ("mp4", "webm", "avi", "mkv", "mov")
-BACKENDS = ("auto", "decord", "pyav")
+BACKENDS = ("auto", "decord", "pyav", "torchcodec")
 
 Source = bytes | bytearray | memoryview | str | os.PathLike
 
@@ -54,9 +59,11 @@ class Video(Protocol):
 
 
 def _first_line(exc: BaseException) -> str:
-    """The message's first line without decord's ``[time] source.cc:line:`` prefix."""
+    """The message's first line without decord's ``[time] source.cc:line:`` or torchcodec's ``Class, file.cpp:line,``
+    prefix."""
     lines = str(exc).strip().splitlines()
-    return re.sub(r"^\[[\d:]+\] \S+: ", "", lines[0] if lines else type(exc).__name__)[:200]
+    line = re.sub(r"^\[[\d:]+\] \S+: ", "", lines[0] if lines else type(exc).__name__)
+    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", line)[:200]
 
 
 def _check_indices(indices: Sequence[int], num_frames: int) -> np.ndarray:
@@ -147,6 +154,53 @@ class DecordVideo(_Reader):
         self._reader = None
 
 
+class TorchCodecVideo(_Reader):
+    """torchcodec ``VideoDecoder`` in exact seek mode: frame indices come from a scan of the whole stream."""
+
+    def __init__(self, source: Source, threads: int = 1, fallback: bool = False) -> None:
+        decoder_class = _torchcodec_decoder()
+        self._source, self._threads, self._fallback = source, threads, fallback
+        src = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+        try:
+            self._decoder = decoder_class(src, dimension_order="NHWC", num_ffmpeg_threads=threads,
+                                          seek_mode="exact")
+            meta = self._decoder.metadata
+        except Exception as exc:  # RuntimeError / ValueError from FFmpeg on unreadable input
+            raise ValueError(f"cannot open video (torchcodec): {_first_line(exc)}") from None
+        self.num_frames = int(meta.num_frames or 0)
+        if self.num_frames <= 0:
+            raise ValueError("video has no frames")
+        self.fps = float(meta.average_fps or 0.0)
+        self.height, self.width = int(meta.height), int(meta.width)
+
+    def _read_sorted(self, indices: list[int]) -> np.ndarray:
+        try:
+            return self._decoder.get_frames_at(indices).data.numpy()
+        except Exception as exc:
+            reason = f"cannot decode frames (torchcodec): {_first_line(exc)}"
+            if not self._fallback:
+                raise ValueError(reason) from None
+        return _with_fallback(reason, lambda: PyAVVideo(self._source, self._threads)._read_sorted(indices))
+
+    def close(self) -> None:
+        self._decoder = None
+
+
+def _torchcodec_decoder() -> Any:
+    """torchcodec's ``VideoDecoder`` class, or a UserError saying what is missing (the package or FFmpeg)."""
+    try:
+        from torchcodec._core import ops
+        from torchcodec.decoders import VideoDecoder
+    except (ImportError, RuntimeError) as exc:
+        raise UserError("data.backend=torchcodec needs the torchcodec package (pip install torchcodec, the "
+                        "release that matches your torch) and FFmpeg's shared libraries 4 to 8 (Debian, Ubuntu: "
+                        f"apt-get install ffmpeg): {_first_line(exc)}") from None
+    if getattr(ops, "_FFMPEG_AVAILABLE", True) is False:  # torchcodec imports without FFmpeg, then fails per video
+        raise UserError("torchcodec is installed but cannot load FFmpeg's shared libraries (4 to 8; Debian, "
+                        "Ubuntu: apt-get install ffmpeg)")
+    return VideoDecoder
+
+
 class PyAVVideo(_Reader):
     """PyAV reader: sequential decode from the start, so reading frame ``i`` costs ``i + 1`` decodes."""
 
@@ -229,10 +283,40 @@ def decord_available() -> bool:
     return True
 
 
-def open_video(source: Source, backend: str = "auto", threads: int = 1) -> Video:
-    """Open a video from bytes or a path with ``backend`` ("decord", "pyav", or "auto").
+@functools.cache
+def torchcodec_available() -> bool:
+    """Whether torchcodec imports and has loaded FFmpeg's libraries."""
+    try:
+        _torchcodec_decoder()
+    except UserError:
+        return False
+    return True
 
-    "auto" uses decord when installed and falls back to PyAV for a video decord cannot read.
+
+def auto_backend() -> str:
+    """What ``backend="auto"`` reads with first: torchcodec, else decord, else PyAV."""
+    return "torchcodec" if torchcodec_available() else "decord" if decord_available() else "pyav"
+
+
+def check_backend(backend: str) -> None:
+    """Raise UserError now, in the main process, if ``backend`` is unknown or cannot load."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "torchcodec":
+        _torchcodec_decoder()
+    elif backend in ("decord", "pyav"):
+        try:
+            __import__("decord" if backend == "decord" else "av")
+        except ImportError as exc:
+            raise UserError(f"data.backend={backend} needs the {'decord' if backend == 'decord' else 'av'} "
+                            f"package (pip install 'mimx[video]'): {exc}") from None
+
+
+def open_video(source: Source, backend: str = "auto", threads: int = 1) -> Video:
+    """Open a video from bytes or a path with ``backend`` ("decord", "pyav", "torchcodec", or "auto").
+
+    "auto" uses :func:`auto_backend` and falls back to PyAV for a video it cannot read; a named
+    backend has no fallback (a missing package or FFmpeg library is a UserError).
     Raises ValueError with a short reason for unreadable, empty or corrupt input.
     ``threads`` is the decoder thread count (decord defaults to 1: more may hang in worker processes).
     """
@@ -240,14 +324,17 @@ def open_video(source: Source, backend: str = "auto", threads: int = 1) -> Video
         raise UserError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if isinstance(source, (bytes, bytearray, memoryview)) and len(source) == 0:
         raise ValueError("video has no frames (0 bytes)")
-    if backend == "decord" or (backend == "auto" and decord_available()):
-        try:
-            return DecordVideo(source, threads, fallback=backend == "auto")
-        except ValueError as exc:
-            if backend == "decord":
-                raise
-            return _with_fallback(str(exc), lambda: PyAVVideo(source, threads))
-    return PyAVVideo(source, threads)
+    primary = auto_backend() if backend == "auto" else backend
+    if primary == "pyav":
+        return PyAVVideo(source, threads)
+    fallback = backend == "auto"
+    reader = TorchCodecVideo if primary == "torchcodec" else DecordVideo
+    try:
+        return reader(source, threads, fallback=fallback)
+    except ValueError as exc:
+        if not fallback:
+            raise
+        return _with_fallback(str(exc), lambda: PyAVVideo(source, threads))
 
 
 def _rate(fps: float | Fraction) -> Fraction:
