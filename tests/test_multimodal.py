@@ -226,6 +226,38 @@ def test_real_rgbd_samples_decode_with_holes_and_missing_maps(scenes):
     assert sum(len(b["_skips"]) for b in batches) == 2
 
 
+def test_the_kinect_frame_of_mrpt_common_reads_as_aligned_rgb_and_sensor_depth(scenes, tmp_path):
+    import gzip
+
+    from mimx.config import UserError
+    from mimx.datasets.mrpt_rgbd import RAWLOG, read_rgbd_rawlog
+
+    if not RAWLOG.exists():
+        pytest.skip(f"{RAWLOG} is missing (apt-get install mrpt-common; .ci/run installs it)")
+    frame = read_rgbd_rawlog()
+    assert frame.rgb.shape == (480, 640, 3) and frame.depth_mm.shape == (480, 640) and frame.sensor == "OPENNI2"
+    valid = frame.depth_mm > 0
+    assert 0.85 < valid.mean() < 0.95 and frame.points.shape == (int(valid.sum()), 3)  # one point per reading
+    assert 1500 < np.median(frame.depth_mm[valid]) < 2600  # a bookshelf about 2 m from the sensor
+    top = frame.rgb[:60, 200:440].reshape(-1, 3).mean(0)
+    assert top[2] > top[0]  # the wall above the shelf is bluish-white: channels are RGB, not MRPT's BGR
+    data = bytearray(gzip.decompress(RAWLOG.read_bytes()))
+    for offset, value, message in ((35, 8, "CObservation3DRangeScan version 9, found 8"),
+                                   (len(data) - 1, 0, "end marker"),
+                                   (4_600_000, 0xFF, "matches the point cloud")):  # a byte of the depth image
+        broken = data.copy()
+        broken[offset] = value
+        (tmp_path / "x.rawlog").write_bytes(gzip.compress(bytes(broken)))
+        with pytest.raises(UserError, match=message):
+            read_rgbd_rawlog(tmp_path / "x.rawlog")
+    specs = tiny(modalities={"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"}}).specs
+    cfg = MultiDataConfig(shards=f"{scenes}/real/kinect", image_size=32, shuffle=0)
+    (batch,) = list(multi_stream(cfg, MultiDecoder(cfg, specs, train=False), batch_size=1, epochs=1))
+    depth = batch["depth"][0]
+    assert batch["present"][0].tolist() == [True, True] and torch.isnan(depth).any()
+    assert 1.5 < torch.nanmedian(depth) < 2.6  # metres, with the sensor's holes kept as NaN
+
+
 def test_maps_of_different_sizes_are_skipped_with_a_message(tmp_path):
     def png(array):
         buffer = io.BytesIO()
