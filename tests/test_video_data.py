@@ -70,7 +70,7 @@ def test_backends_return_identical_frames(source, clip_bytes):
 
 
 def _torchcodec() -> None:
-    """Skip unless torchcodec and FFmpeg's libraries load (make test installs both)."""
+    """Skip unless torchcodec (in mimx[video]) and FFmpeg's libraries (.ci/run installs them) load."""
     from mimx.modalities.video.io import check_backend
 
     try:
