@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import importlib.util
 import io
 import os
 import re
@@ -89,6 +90,12 @@ class _Reader(abc.ABC):
     def _read_sorted(self, indices: list[int]) -> np.ndarray:
         """uint8 ``[len(indices), H, W, 3]`` for sorted, distinct indices."""
 
+    def _pyav_instead(self, reason: str, indices: list[int]) -> np.ndarray:
+        """The frames read by PyAV where this reader was opened with ``fallback``; else ValueError(reason)."""
+        if not getattr(self, "_fallback", False):
+            raise ValueError(reason) from None
+        return _with_fallback(reason, lambda: PyAVVideo(self._source, self._threads)._read_sorted(indices))
+
     def close(self) -> None:  # noqa: B027 (backends with nothing to release keep this)
         pass
 
@@ -143,10 +150,7 @@ class DecordVideo(_Reader):
             out = self._reader.get_batch(indices).asnumpy()
         except Exception as exc:
             reason = f"cannot decode frames (decord): {_first_line(exc)}"
-            if not self._fallback:
-                raise ValueError(reason) from None
-            # decord 0.6 fails on some narrow widths (<= 72 px); PyAV reads them
-            out = _with_fallback(reason, lambda: PyAVVideo(self._source, self._threads)._read_sorted(indices))
+            out = self._pyav_instead(reason, indices)  # decord 0.6 fails on some narrow widths (<= 72 px)
         self._shape = tuple(out.shape[1:3])
         return out
 
@@ -178,9 +182,7 @@ class TorchCodecVideo(_Reader):
             return self._decoder.get_frames_at(indices).data.numpy()
         except Exception as exc:
             reason = f"cannot decode frames (torchcodec): {_first_line(exc)}"
-            if not self._fallback:
-                raise ValueError(reason) from None
-        return _with_fallback(reason, lambda: PyAVVideo(self._source, self._threads)._read_sorted(indices))
+        return self._pyav_instead(reason, indices)
 
     def close(self) -> None:
         self._decoder = None
@@ -298,18 +300,20 @@ def auto_backend() -> str:
     return "torchcodec" if torchcodec_available() else "decord" if decord_available() else "pyav"
 
 
-def check_backend(backend: str) -> None:
-    """Raise UserError now, in the main process, if ``backend`` is unknown or cannot load."""
+def _check_known(backend: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+def check_backend(backend: str) -> None:
+    """Raise UserError now, in the main process, if ``backend`` is unknown or cannot load."""
+    _check_known(backend)
     if backend == "torchcodec":
         _torchcodec_decoder()
-    elif backend in ("decord", "pyav"):
-        try:
-            __import__("decord" if backend == "decord" else "av")
-        except ImportError as exc:
-            raise UserError(f"data.backend={backend} needs the {'decord' if backend == 'decord' else 'av'} "
-                            f"package (pip install 'mimx[video]'): {exc}") from None
+    elif backend == "decord" and not decord_available():
+        raise UserError("data.backend=decord needs the decord package (pip install 'mimx[video]'; x86_64 only)")
+    elif backend == "pyav" and importlib.util.find_spec("av") is None:
+        raise UserError("data.backend=pyav needs the av package (pip install 'mimx[video]')")
 
 
 def open_video(source: Source, backend: str = "auto", threads: int = 1) -> Video:
@@ -320,8 +324,7 @@ def open_video(source: Source, backend: str = "auto", threads: int = 1) -> Video
     Raises ValueError with a short reason for unreadable, empty or corrupt input.
     ``threads`` is the decoder thread count (decord defaults to 1: more may hang in worker processes).
     """
-    if backend not in BACKENDS:
-        raise UserError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    _check_known(backend)
     if isinstance(source, (bytes, bytearray, memoryview)) and len(source) == 0:
         raise ValueError("video has no frames (0 bytes)")
     primary = auto_backend() if backend == "auto" else backend
