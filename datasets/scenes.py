@@ -56,7 +56,7 @@ def _png(array: np.ndarray) -> bytes:
 
 def encode_sample(key: str, rgb: np.ndarray | None, depth_m: np.ndarray | None, semseg: np.ndarray | None,
                   meta: dict[str, Any]) -> dict[str, Any]:
-    """Shard members of one aligned sample (any modality may be None: left out)."""
+    """Shard members of one aligned sample (any modality may be None: left out; uint16 class ids stay uint16)."""
     sample: dict[str, Any] = {"__key__": key, "json": meta}
     if rgb is not None:
         sample["rgb.png"] = _png(np.ascontiguousarray(rgb, dtype=np.uint8))
@@ -65,7 +65,8 @@ def encode_sample(key: str, rgb: np.ndarray | None, depth_m: np.ndarray | None, 
         mm = np.where(valid, np.clip(np.round(np.nan_to_num(depth_m) * 1000), 1, 65535), 0).astype(np.uint16)
         sample["depth.png"] = _png(mm)
     if semseg is not None:
-        sample["semseg.png"] = _png(np.ascontiguousarray(semseg, dtype=np.uint8))
+        sample["semseg.png"] = _png(np.ascontiguousarray(semseg, dtype=np.uint16 if semseg.dtype == np.uint16
+                                                      else np.uint8))
     return sample
 
 
