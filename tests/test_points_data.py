@@ -75,6 +75,18 @@ def test_off_reader_triangulates_polygons_and_skips_colours():
     assert vertices.shape == (4, 3) and faces.tolist() == [[0, 1, 2], [0, 2, 3]]
     points = sample_surface(vertices, faces, 100)
     assert points[:, 2].max() == 0 and points[:, :2].min() >= 0 and points[:, :2].max() <= 1
+    # ModelNet's glued header, integer face colours, a vertex wrapped over two lines, counts on the header line
+    for data in (b"OFF4 2 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n3 0 1 2 255 0 0\n3 0 2 3 0 255 0\n",
+                 b"OFF 4 2 0\n0 0\n0\n1 0 0\n1 1 0\n0 1 0\n3 0 1 2 1.0 0.5 0.5 1.0\n3 0 2 3\n"):
+        vertices, faces = read_off(data)
+        assert vertices.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]]
+        assert faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+    for data, message in ((b"OFF\n4 2 0\n0 0 0\n1 0 0\n", "ends before them"),
+                          (b"OFF\n3 2 0\n0 0 0\n1 0 0\n1 1 0\n3 0 1 2\n", "announces 2 faces"),
+                          (b"OFF\n3 1 0\n0 0 0\n1 0 0\n1 1 0\n4 0 1 2\n", "lists 3 ids"),
+                          (b"PLY\n", "no OFF header")):
+        with pytest.raises(ValueError, match=message):
+            read_off(data)
 
 
 def test_unreadable_and_empty_files_raise_naming_the_file(tmp_path):
@@ -196,6 +208,115 @@ def test_scanobjectnn_and_shapenet_converters(tmp_path):
     assert any("missing" in s for s in report["test"]["skipped"])
     assert json.loads((tmp_path / "sn" / "train" / "classes.json").read_text()) == ["02691156", "03001627", "x"]
 
+
+
+def _read_shards(folder: Path) -> dict[str, dict]:
+    """``{key: {"points", "cls", "json"}}`` of the shards in ``folder``, decoded."""
+    from mimx.data.shards import expand_shards
+    from mimx.data.stream import read_raw
+
+    return {s["__key__"]: {"points": np.load(io.BytesIO(s["npy"])), "cls": int(s["cls"]),
+                           "json": json.loads(s["json"])} for s in read_raw(expand_shards(str(folder)), lambda k: True)}
+
+
+def test_modelnet_normal_resampled_converter(tmp_path, capsys):
+    from mimx.datasets.point_converters import convert_modelnet, main
+
+    root = tmp_path / "modelnet40_normal_resampled"
+    classes = ["chair", "airplane", "flower_pot"]  # label order is the file's, not alphabetical
+    splits = {"train": ["airplane_0001", "flower_pot_0001", "chair_0001", "chair_0002", "airplane_0002"],
+              "test": ["flower_pot_0002", "chair_0003", "airplane_0003"]}
+    root.mkdir()
+    (root / "modelnet40_shape_names.txt").write_text("\n".join(classes) + "\n")
+    rng = np.random.default_rng(0)
+    written = {}
+    for split, names in splits.items():
+        (root / f"modelnet40_{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            cls = name.rsplit("_", 1)[0]
+            (root / cls).mkdir(exist_ok=True)
+            rows = rng.normal(size=(50, 6)).astype(np.float32)
+            if name == "chair_0002":  # corrupt: 5 columns
+                rows = rows[:, :5]
+            np.savetxt(root / cls / f"{name}.txt", rows, fmt="%.17g", delimiter=",")
+            written[f"{split}-{name}"] = rows[:, :3]
+    report = convert_modelnet(root, tmp_path / "out")
+    assert report["train"]["samples"] == 4 and report["test"]["samples"] == 3
+    assert len(report["train"]["skipped"]) == 1 and "chair_0002.txt" in report["train"]["skipped"][0]
+    assert "columns" in report["train"]["skipped"][0] and not report["test"]["skipped"]
+    for split in ("train", "test"):
+        assert json.loads((tmp_path / "out" / split / "classes.json").read_text()) == classes
+        samples = _read_shards(tmp_path / "out" / split)
+        assert len(samples) == len(splits[split]) - (split == "train")
+        for key, sample in samples.items():
+            name = key.split("-", 1)[1]
+            cls = name.rsplit("_", 1)[0]
+            assert sample["points"].dtype == np.float32 and sample["points"].shape == (50, 3)
+            np.testing.assert_array_equal(sample["points"], written[key])
+            assert sample["cls"] == classes.index(cls)
+            assert sample["json"] == {"label": classes.index(cls), "class": cls, "source": f"{cls}/{name}.txt"}
+    capsys.readouterr()
+    assert main(["modelnet", str(root), str(tmp_path / "cli")]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 4 train clouds (3 classes)" in captured.out and "chair_0002.txt" in captured.err
+
+
+CUBE_OFF = "OFF8 6 0\n" + "\n".join(" ".join(map(str, v)) for v in CUBE_V) + "\n" + "\n".join(
+    f"4 {a} {b} {c} {d}" for a, b, c, d in [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4),
+                                            (1, 5, 7, 3)]) + "\n"  # header glued to the counts, quad faces
+TETRA_OFF = "OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 2 1\n3 0 1 3\n3 0 3 2\n3 1 2 3\n"
+
+
+def test_modelnet_off_mesh_converter_is_seeded_and_samples_the_surface(tmp_path):
+    from mimx.datasets.point_converters import convert_modelnet
+
+    root = tmp_path / "ModelNet40"
+    meshes = {"cube/train/cube_0001.off": CUBE_OFF, "cube/test/cube_0002.off": CUBE_OFF,
+              "tetra/train/tetra_0001.off": TETRA_OFF, "tetra/test/tetra_0002.off": TETRA_OFF,
+              "tetra/test/tetra_0003.off": "OFF\n3 1 0\n0 0\n"}  # truncated: skipped
+    for name, text in meshes.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    report = convert_modelnet(root, tmp_path / "a", points=512)
+    assert report["train"]["samples"] == 2 and report["test"]["samples"] == 2
+    assert len(report["test"]["skipped"]) == 1 and "tetra_0003.off" in report["test"]["skipped"][0]
+    samples = {**_read_shards(tmp_path / "a" / "train"), **_read_shards(tmp_path / "a" / "test")}
+    assert sorted(samples) == ["test-cube_0002", "test-tetra_0002", "train-cube_0001", "train-tetra_0001"]
+    for key, sample in samples.items():
+        cls = "cube" if "cube" in key else "tetra"
+        points = sample["points"]
+        assert points.shape == (512, 3) and points.dtype == np.float32
+        assert sample["cls"] == ["cube", "tetra"].index(cls) and sample["json"]["class"] == cls
+        if cls == "cube":  # on a face of the [-1, 1] cube
+            np.testing.assert_allclose(np.abs(points).max(axis=1), 1.0, atol=1e-5)
+        else:  # in the unit corner, on a coordinate plane or on x + y + z = 1
+            assert points.min() >= -1e-6 and points.max() <= 1 + 1e-6
+            on_face = (np.abs(points).min(axis=1) < 1e-5) | (np.abs(points.sum(axis=1) - 1) < 1e-5)
+            assert on_face.all()
+    assert json.loads((tmp_path / "a" / "test" / "classes.json").read_text()) == ["cube", "tetra"]
+    assert not np.array_equal(samples["train-cube_0001"]["points"], samples["test-cube_0002"]["points"])  # per file
+    convert_modelnet(root, tmp_path / "b", points=512)
+    for split in ("train", "test"):
+        shards = sorted((tmp_path / "a" / split).glob("*.tar"))
+        assert shards and all(s.read_bytes() == (tmp_path / "b" / split / s.name).read_bytes() for s in shards)
+
+
+def test_modelnet_converter_names_what_a_wrong_root_lacks(tmp_path, capsys):
+    from mimx.config import UserError
+    from mimx.datasets.point_converters import convert_modelnet, main
+
+    root = tmp_path / "downloads"
+    (root / "modelnet40_normal_resampled" / "airplane").mkdir(parents=True)
+    (root / "modelnet40_normal_resampled" / "modelnet40_shape_names.txt").write_text("airplane\n")
+    with pytest.raises(UserError, match="downloads is neither ModelNet layout") as error:
+        convert_modelnet(root, tmp_path / "out")
+    assert "modelnet40_shape_names.txt" in str(error.value) and "<class>/train/*.off" in str(error.value)
+    assert "did you mean" in str(error.value) and "modelnet40_normal_resampled" in str(error.value)
+    with pytest.raises(UserError, match="lacks modelnet40_train.txt, modelnet40_test.txt"):
+        convert_modelnet(root / "modelnet40_normal_resampled", tmp_path / "out")
+    capsys.readouterr()
+    assert main(["modelnet", str(root), str(tmp_path / "out")]) == 2
+    assert "neither ModelNet layout" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 def test_shape_benchmark_splits_are_disjoint_draws_of_real_meshes(tmp_path):
     pytest.importorskip("mimx.datasets.shapes").pymeshlab_folder()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -52,28 +53,43 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, count: int, seed
 
 
 def read_off(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices ``[V, 3]`` and fan-triangulated faces ``[F, 3]`` of an OFF file (OFF/COFF/NOFF, comments)."""
-    lines = (line.split("#", 1)[0].strip() for line in data.decode("utf-8", errors="replace").splitlines())
-    words = " ".join(line for line in lines if line).split()
-    if not words or not words[0].upper().endswith("OFF"):
+    """Vertices ``[V, 3]`` and fan-triangulated faces ``[F, 3]`` of an OFF file.
+
+    Reads OFF/COFF/NOFF/CNOFF with comments, counts on the header line or the next, the ``OFF490 518 0``
+    header some ModelNet files have, and faces with or without a colour (integer or float) after their ids.
+    """
+    lines = [line.split("#", 1)[0].strip() for line in data.decode("utf-8", errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    header = re.match(r"([A-Za-z]*OFF)(.*)", lines[0]) if lines else None
+    if header is None:
         raise ValueError("not an OFF file (no OFF header)")
-    values = words[1:]
-    num_vertices, num_faces = int(values[0]), int(values[1])
-    width = len(words[0]) - 3  # C, N, CN prefixes add per-vertex columns
-    at = 3
-    per_vertex = 3 + (3 if "N" in words[0].upper()[:width] else 0) + (4 if "C" in words[0].upper()[:width] else 0)
-    vertices = np.asarray(values[at:at + num_vertices * per_vertex], dtype=np.float64)
-    vertices = vertices.reshape(num_vertices, per_vertex)[:, :3]
-    at += num_vertices * per_vertex
+    kind, rest = header.group(1).upper(), header.group(2).split()
+    prefix = kind[:-3]
+    per_vertex = 3 + (3 if "N" in prefix else 0) + (4 if "C" in prefix else 0)
+    at = 1
+    if len(rest) < 2 and len(lines) > 1:  # the counts are on the next line
+        rest, at = lines[1].split(), 2
+    if len(rest) < 2:
+        raise ValueError("the OFF header has no vertex and face counts")
+    num_vertices, num_faces = int(rest[0]), int(rest[1])
+    values: list[str] = []
+    while len(values) < num_vertices * per_vertex:  # a vertex per line, but tolerate wrapped lines
+        if at == len(lines):
+            raise ValueError(f"the header announces {num_vertices} vertices, the file ends before them")
+        values += lines[at].split()
+        at += 1
+    vertices = np.asarray(values[:num_vertices * per_vertex], dtype=np.float64).reshape(num_vertices, per_vertex)
     triangles = []
-    for _ in range(num_faces):
-        n = int(values[at])
-        ids = [int(v) for v in values[at + 1:at + 1 + n]]
+    for line in lines[at:at + num_faces]:
+        words = line.split()
+        n = int(words[0])
+        if len(words) < n + 1:
+            raise ValueError(f"a face of {n} vertices lists {len(words) - 1} ids")
+        ids = [int(v) for v in words[1:n + 1]]  # anything after the ids is the face's colour
         triangles += [(ids[0], ids[i], ids[i + 1]) for i in range(1, n - 1)]
-        at += 1 + n
-        while at < len(values) and "." in values[at]:  # optional face colour
-            at += 1
-    return vertices, np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    if len(lines) - at < num_faces:
+        raise ValueError(f"the header announces {num_faces} faces, the file holds {len(lines) - at}")
+    return vertices[:, :3], np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
 
 
 def _read_mesh(path: Path, mesh_points: int, seed: int) -> np.ndarray:
