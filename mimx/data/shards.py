@@ -273,17 +273,36 @@ def write_dataset(out: Path, prefix: str, samples: Iterable[dict[str, Any]], cla
     return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}
 
 
+def list_classes(path: Path, items: Sequence[tuple[Path, int]]) -> list[str]:
+    """Class names of a file list from the ``classes.json`` beside it (a JSON list of names in label
+    order, as ``mimx.datasets.video_lists`` writes it); [] when there is none."""
+    if not path.is_file():
+        return []
+    try:
+        classes = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); expected a JSON list of class names") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path} is not a JSON list of class names; fix or remove it")
+    top = max(label for _, label in items)
+    if top >= len(classes):
+        raise UserError(f"{path} names {len(classes)} classes but the list beside it has label {top}; "
+                        "it belongs to other data: fix or remove it")
+    return classes
+
+
 def list_sources(src: Path, suffixes: Collection[str], what: str = "files") -> tuple[list[tuple[Path, int]], list[str],
                                                                                     Path]:
     """(files with labels, class names, folder the source names are relative to) of a folder or a list.
 
     A folder: its files (class subfolders give labels, see :func:`list_files`); a ``.csv``/``.txt``
-    file: a ``path label`` list.
+    file: a ``path label`` list, its class names from a ``classes.json`` beside it (see :func:`list_classes`).
     """
     from mimx.data.stream import read_file_list
 
     if src.is_file() and src.suffix.lower() in (".csv", ".txt"):
-        return read_file_list(src), [], src.parent
+        items = read_file_list(src)
+        return items, list_classes(src.parent / "classes.json", items), src.parent
     if src.is_file():
         raise UserError(f"{src} is neither a folder nor a .csv/.txt file list")
     items, classes = list_files(src, suffixes, what)
