@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from mimx.config import UserError
 from mimx.data.shards import print_summary, write_dataset
-from mimx.datasets.scenes import encode_sample
+from mimx.datasets.aligned import encode_sample, resize_aligned
 
 NUM_RAW_CLASSES = 894
 EIGEN_CROP = (45, 471, 41, 601)  # rows, columns of the region with valid depth (Eigen et al.'s evaluation crop)
@@ -142,20 +141,6 @@ def _raw_names(f: Any) -> list[str]:
     return names
 
 
-def _resize(rgb: np.ndarray, depth: np.ndarray, labels: np.ndarray, short_side: int | None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    height, width = labels.shape
-    if not short_side or min(height, width) == short_side:
-        return rgb, depth, labels
-    scale = short_side / min(height, width)
-    size = (round(width * scale), round(height * scale))
-    rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0))
-    # depth and classes: nearest neighbour, so no depth is invented across edges and no class mixed
-    depth = np.asarray(Image.fromarray(depth.astype(np.float32)).resize(size, Image.Resampling.NEAREST))
-    labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
-    return rgb, depth, labels
-
-
 def nyu_samples(f: Any, indices: np.ndarray, split: str, classes: ClassMap, *, depth: str, crop: bool,
                 short_side: int | None, skipped: list[str]) -> Iterator[dict[str, Any]]:
     """Shard samples of the labelled images ``indices`` of the open ``nyu_depth_v2_labeled.mat``."""
@@ -171,7 +156,7 @@ def nyu_samples(f: Any, indices: np.ndarray, split: str, classes: ClassMap, *, d
         if crop:
             top, bottom, left, right = EIGEN_CROP
             rgb, metres, raw = rgb[top:bottom, left:right], metres[top:bottom, left:right], raw[top:bottom, left:right]
-        rgb, metres, raw = _resize(rgb, metres, raw, short_side)
+        rgb, metres, raw = resize_aligned(rgb, metres, raw, short_side)
         semseg = classes.lookup[raw]
         meta = {"source": f"nyu_depth_v2_labeled.mat[{index + 1}]", "index": int(index + 1), "depth": depth,
                 "classes": len(classes.names)}

@@ -19,14 +19,14 @@ disparity is unknown, no labels) and, where Debian's ``mrpt-common`` is installe
 Kinect frame: 480x640 RGB + registered sensor depth in millimetres, 0 where the sensor saw nothing, no
 labels; read by ``mimx.datasets.mrpt_rgbd``).
 
-Members per sample: ``rgb.png``, ``depth.png`` (uint16 mm, 0 invalid), ``semseg.png`` (uint8, 255 ignore).
+Members per sample (see ``mimx.datasets.aligned``): ``rgb.png``, ``depth.png`` (uint16 mm, 0 invalid), ``semseg.png``
+(uint8, 255 ignore).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
 import sys
 from collections.abc import Iterator
@@ -38,6 +38,7 @@ from PIL import Image
 
 from mimx.config import UserError
 from mimx.data.shards import write_dataset
+from mimx.datasets.aligned import encode_sample
 from mimx.datasets.mrpt_rgbd import RAWLOG, read_rgbd_rawlog
 from mimx.datasets.samples import photo_files
 
@@ -46,28 +47,6 @@ SPLIT_SEEDS = {"train": 11, "val": 12, "test": 13}
 # Middlebury 2014 "Motorcycle" calibration (full size): focal length px, baseline mm, disparity offset px;
 # scikit-image's disparity map is at half size, so the focal length and offset halve as well.
 MOTORCYCLE = {"focal": 3979.911 / 2, "baseline_mm": 193.001, "doffs": 124.343 / 2}
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def encode_sample(key: str, rgb: np.ndarray | None, depth_m: np.ndarray | None, semseg: np.ndarray | None,
-                  meta: dict[str, Any]) -> dict[str, Any]:
-    """Shard members of one aligned sample (any modality may be None: left out; uint16 class ids stay uint16)."""
-    sample: dict[str, Any] = {"__key__": key, "json": meta}
-    if rgb is not None:
-        sample["rgb.png"] = _png(np.ascontiguousarray(rgb, dtype=np.uint8))
-    if depth_m is not None:
-        valid = np.isfinite(depth_m) & (depth_m > 0)
-        mm = np.where(valid, np.clip(np.round(np.nan_to_num(depth_m) * 1000), 1, 65535), 0).astype(np.uint16)
-        sample["depth.png"] = _png(mm)
-    if semseg is not None:
-        sample["semseg.png"] = _png(np.ascontiguousarray(semseg, dtype=np.uint16 if semseg.dtype == np.uint16
-                                                      else np.uint8))
-    return sample
 
 
 # ----------------------------------------------------------------------------- generated scenes
