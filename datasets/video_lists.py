@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from mimx.config import UserError
+from mimx.data.stream import write_classes, write_file_list
 
 # the containers mimx reads (mimx.modalities.video.io.VIDEO_EXTS), in order of preference when a clip has several
 EXTS = ("mp4", "webm", "mkv", "avi", "mov")
@@ -96,15 +97,6 @@ def _pick(files: Iterable[Path], root: Path, folders: Sequence[tuple[str, ...]])
     return min(found)[2] if found else None
 
 
-def _list_path(file: Path, out: Path) -> str:
-    """``file`` relative to ``out`` when inside it (and not read as a ``#`` comment), else absolute."""
-    try:
-        relative = file.relative_to(out).as_posix()
-    except ValueError:
-        return str(file)
-    return str(file) if relative.startswith("#") else relative
-
-
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise UserError(f"{path} does not exist; expected {what}")
@@ -122,23 +114,6 @@ def _check_outputs(out: Path, names: Sequence[str], overwrite: bool) -> None:
         raise UserError(f"{existing[0]} already exists; write to another folder or pass --overwrite")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_list(path: Path, items: Sequence[tuple[Path, int]]) -> None:
-    """``path,label`` lines (header ``path,label``), paths relative to the list's folder when inside it."""
-    out = path.parent.resolve()
-    _write_text(path, "path,label\n" + "".join(f"{_list_path(f, out)},{label}\n" for f, label in items))
-
-
-def write_classes(out: Path, classes: Sequence[str]) -> None:
-    """``classes.json`` in the format of :func:`mimx.data.shards.write_dataset`."""
-    _write_text(out / "classes.json", json.dumps(list(classes), indent=1))
-
-
 def _finish(out: Path, splits: dict[str, tuple[list[tuple[Path, int]], dict[str, Any]]],
             classes: Sequence[str]) -> dict[str, Any]:
     """Write every split's list and ``classes.json``; refuses a split where no video was found."""
@@ -151,7 +126,7 @@ def _finish(out: Path, splits: dict[str, tuple[list[tuple[Path, int]], dict[str,
     out.mkdir(parents=True, exist_ok=True)
     for split, (items, report) in splits.items():
         report["list"] = out / f"{split}.csv"
-        write_list(report["list"], items)
+        write_file_list(report["list"], items)
     write_classes(out, classes)
     return {"splits": {split: report for split, (_, report) in splits.items()}, "classes": list(classes),
             "classes_file": out / "classes.json"}

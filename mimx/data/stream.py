@@ -15,6 +15,7 @@ counted, and reported with their names; they never stop training.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -291,6 +292,37 @@ def read_file_list(path: str | os.PathLike) -> list[tuple[Path, int]]:
     if not items:
         raise UserError(f"the file list {path} names no files")
     return items
+
+
+def _list_path(file: Path, folder: Path) -> str:
+    """``file`` relative to ``folder`` when inside it (and not read as a ``#`` comment), else absolute."""
+    try:
+        relative = file.resolve().relative_to(folder).as_posix()
+    except ValueError:
+        return str(file.resolve())
+    return str(file.resolve()) if relative.startswith("#") else relative
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_file_list(path: str | os.PathLike, items: Sequence[tuple[Path, int]]) -> None:
+    """A list :func:`read_file_list` reads: header ``path,label``, then ``path,label`` lines (-1 unlabelled).
+
+    Paths inside the list's folder are written relative to it (the folder moves as a whole), others
+    absolute (resolved: a ``../`` path would point elsewhere when the folder is reached through a link).
+    """
+    path = Path(path)
+    folder = path.parent.resolve()
+    _write_atomic(path, "path,label\n" + "".join(f"{_list_path(f, folder)},{label}\n" for f, label in items))
+
+
+def write_classes(folder: str | os.PathLike, classes: Sequence[str]) -> None:
+    """``folder/classes.json``: the class names in label order, as the shard writers write it."""
+    _write_atomic(Path(folder) / "classes.json", json.dumps(list(classes), indent=1))
 
 
 class FileListStream(ShardStream):

@@ -1,4 +1,4 @@
-"""``mimx image shards SRC OUT``: an image folder (optionally with class subfolders) to tar shards."""
+"""``mimx image shards SRC OUT``: an image folder (optionally with class subfolders) or a file list to tar shards."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mimx.data.shards import add_shard_arguments, list_files, write_dataset
+from mimx.data.shards import add_shard_arguments, list_sources, write_dataset
 
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -49,7 +49,8 @@ def image_samples(items: list[tuple[Path, int]], classes: list[str], resize: int
                                   "json": {"file": path.name, "label": label}}
         if label >= 0:
             sample["cls"] = str(label)
-            sample["json"]["class"] = classes[label]
+            if label < len(classes):
+                sample["json"]["class"] = classes[label]
         yield sample
 
 
@@ -58,7 +59,7 @@ def write_image_shards(src: str | Path, out: str | Path, *, prefix: str = "image
                        overwrite: bool = False) -> dict[str, Any]:
     """Write ``OUT/<prefix>-NNNNNN.tar`` shards; returns a summary (shards, counts, skipped files)."""
     src, out = Path(src), Path(out)
-    items, classes = list_files(src, SUFFIXES, "images")
+    items, classes, _ = list_sources(src, SUFFIXES, "images")
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
@@ -71,8 +72,9 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="mimx image shards",
-                                     description="Write an image folder (class subfolders give labels) as tar shards.")
-    add_shard_arguments(parser, "folder of images, or of class subfolders of images", "images")
+                                     description="Write an image folder (class subfolders give labels) or a "
+                                                 "'path,label' list (.csv/.txt) as tar shards.")
+    add_shard_arguments(parser, "folder of images, or of class subfolders of images, or a path,label list", "images")
     parser.add_argument("--resize", type=int, default=None, help="shrink the short side to this many pixels")
     args = parser.parse_args(argv)
     summary = write_image_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
