@@ -17,7 +17,7 @@ from mimx.config import UserError
 MODALITIES = {
     "image": "images: MAE, SimMIM, MaskFeat and BEiT-style pretraining on ViT patches",
     "video": "videos: VideoMAE (tube masking, v2 dual masking) on tubelets, decord/PyAV decoding",
-    "points": "point clouds: Point-MAE (FPS + kNN groups, Chamfer loss), open3d/numpy I/O",
+    "points": "point clouds: Point-MAE (FPS + kNN groups, Chamfer loss), .ply/.pcd/.obj/.stl/.off/.npy I/O",
     "multimodal": "RGB + depth + segmentation: MultiMAE (Dirichlet token budget, per-task output adapters)",
 }
 

@@ -89,6 +89,77 @@ def test_off_reader_triangulates_polygons_and_skips_colours():
             read_off(data)
 
 
+@pytest.mark.parametrize("writer", ["ply_ascii", "ply_binary", "pcd_ascii", "pcd_binary", "pcd_compressed"])
+def test_numpy_readers_match_open3d_on_its_own_files(tmp_path, cloud, writer):
+    """mimx parses .ply/.pcd with numpy (fork-safe in data workers); open3d is the reference."""
+    kind, mode = writer.split("_")
+    path = tmp_path / f"a.{kind}"
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
+    pcd.colors = o3d.utility.Vector3dVector(np.random.default_rng(1).random((len(cloud), 3)))
+    pcd.normals = o3d.utility.Vector3dVector(np.random.default_rng(2).normal(size=(len(cloud), 3)))
+    assert o3d.io.write_point_cloud(str(path), pcd, write_ascii=mode == "ascii", compressed=mode == "compressed")
+    reference = np.asarray(o3d.io.read_point_cloud(str(path)).points, dtype=np.float32)
+    np.testing.assert_allclose(read_points(path), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(("suffix", "ascii_"), [(".ply", True), (".ply", False), (".obj", True), (".stl", True),
+                                               (".stl", False)])
+def test_mesh_readers_match_open3d_vertices_and_faces(tmp_path, suffix, ascii_):
+    from mimx.modalities.points.formats import read_obj, read_ply, read_stl
+
+    mesh = o3d.geometry.TriangleMesh.create_sphere(radius=0.7, resolution=6)
+    mesh.compute_triangle_normals()
+    v, t = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".stl" and ascii_:  # open3d writes binary STL only
+        facets = ["facet normal 0 0 1\nouter loop\n" + "".join(f"vertex {x:.7e} {y:.7e} {z:.7e}\n" for x, y, z in v[f])
+                  + "endloop\nendfacet\n" for f in t]
+        path.write_text("solid sphere\n" + "".join(facets) + "endsolid sphere\n")
+    else:
+        assert o3d.io.write_triangle_mesh(str(path), mesh, write_ascii=ascii_)
+    vertices, triangles = {".ply": read_ply, ".obj": read_obj, ".stl": read_stl}[suffix](path.read_bytes())
+    # STL stores each facet's corners (no shared vertices): compare the triangles' corner positions
+    np.testing.assert_allclose(vertices[triangles], v[t], atol=1e-5 if ascii_ else 1e-6)
+
+
+def test_truncated_and_inconsistent_files_raise_saying_what_is_missing(tmp_path, cloud):
+    full = write_ply(tmp_path / "a.ply", cloud).read_bytes()
+    with pytest.raises(ValueError, match=r"x\.ply: .*announces 500 vertex records, the file is truncated after 3"):
+        decode_points(full[:len(full) - len(cloud) * 12 + 40], "ply", name="x.ply")
+    ascii_ply = b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+    with pytest.raises(ValueError, match="truncated after 2"):
+        decode_points(ascii_ply + b"end_header\n0 0 0\n1 1 1\n", "ply")
+    faces = ascii_ply.replace(b"3", b"2", 1) + b"element face 1\nproperty list uchar int vertex_indices\n"
+    with pytest.raises(ValueError, match="refers to vertex 5"):
+        decode_points(faces + b"end_header\n0 0 0\n1 1 1\n3 0 1 5\n", "ply")
+    pcd = b"VERSION .7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 9\nHEIGHT 1\nPOINTS 9\nDATA binary\n"
+    with pytest.raises(ValueError, match="announces 9 points, the file is truncated after 2"):
+        decode_points(pcd + cloud[:2].tobytes(), "pcd")
+    with pytest.raises(ValueError, match="facet corners"):
+        decode_points(b"solid x\nfacet normal 0 0 1\nouter loop\nvertex 0 0 0\nvertex 1 0 0\n", "stl")
+
+
+def test_ply_members_decode_in_forked_workers(tmp_path, cloud):
+    """A .ply/.pcd inside a shard, read by 2 forked workers after torch's own OpenMP pool has started
+    (open3d's reader deadlocked there); the truncated one is skipped and named."""
+    from mimx.data.stream import StreamLoader
+
+    torch.ones(256, 256) @ torch.ones(256, 256)  # start torch's thread pool in the parent first
+    full = write_ply(tmp_path / "a.ply", cloud).read_bytes()
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
+    o3d.io.write_point_cloud(str(tmp_path / "a.pcd"), pcd)
+    good = [{"__key__": f"p{i}", "ply": full, "cls": b"1"} for i in range(4)]
+    good += [{"__key__": f"q{i}", "pcd": (tmp_path / "a.pcd").read_bytes(), "cls": b"2"} for i in range(4)]
+    _tar(tmp_path / "s-000000.tar", good[:4] + [{"__key__": "cut", "ply": full[:-100], "cls": b"0"}])
+    _tar(tmp_path / "s-000001.tar", good[4:])
+    cfg = PointDataConfig(shards=str(tmp_path / "s-{000000..000001}.tar"), num_points=128, shuffle=0)
+    loader = StreamLoader(points_stream(cfg, PointDecoder(cfg, train=False), batch_size=2, epochs=1),
+                          num_workers=2, timeout=120)
+    labels = torch.cat([batch["label"] for batch in loader])
+    assert sorted(labels.tolist()) == [1] * 4 + [2] * 4
+    assert loader.skips.count == 1 and "cut" in loader.skips.state_dict()["examples"][0]
+
+
 def test_unreadable_and_empty_files_raise_naming_the_file(tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     (tmp_path / "empty.xyz").write_text("")

@@ -1,6 +1,6 @@
 """``mimx points shards SRC OUT``: a folder of clouds/meshes (class subfolders give labels) or a list to shards.
 
-Each source is read (open3d for .ply/.pcd/.obj/.stl, numpy for .npy/.npz/.xyz/.pts/.txt, a built-in
+Each source is read (numpy readers for .ply/.pcd/.obj/.stl/.off/.npy/.npz/.xyz/.pts/.txt, a built-in
 reader for .off; meshes are sampled on their surface), cleaned of NaN/inf points, optionally
 capped to ``--max-points`` (random subset), and stored as float32 ``npy`` with ``cls`` and ``json``.
 A source that cannot be read or holds no finite point is skipped and listed at the end.
