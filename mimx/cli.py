@@ -98,11 +98,32 @@ def run(argv: Sequence[str]) -> int:
     from mimx.config import compose
 
     cfg = compose(f"mimx.configs.{modality}", action.config, argv)
+    order = list(MISSING_HINTS)
+    missing = sorted(OmegaConf.missing_keys(cfg), key=lambda k: (order.index(k) if k in order else len(order), k))
+    if missing:
+        command = " ".join(["mimx", modality, name] + [a.split("=", 1)[1] for a in argv[:1]
+                                                        if action.positional and a.startswith(f"{action.positional}=")])
+        raise UserError(f"{', '.join(missing)} must be given (the config leaves {'them' if len(missing) > 1 else 'it'} "
+                        f"'???'): {_missing_hint(command, missing)}")
     if print_cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
     action.load()(cfg)
     return 0
+
+
+MISSING_HINTS = {
+    "checkpoint": "checkpoint=RUN_DIR (a run folder, its checkpoints/last.pt or an exported model.safetensors)",
+    "data.shards": "data.shards=PATH (your shards: folder, brace pattern, glob or pipe: URL), or data=samples "
+                   "for the embedded sample shards",
+    "data.train": "data.train=SHARDS (labelled training shards; the validation split is carved from them)",
+    "data.test": "data.test=SHARDS (labelled test shards, scored once at the end)",
+}
+
+
+def _missing_hint(command: str, keys: list[str]) -> str:
+    hints = [MISSING_HINTS.get(k, f"{k}=VALUE") for k in keys]
+    return f"add {'; '.join(hints)}; e.g. {command} " + " ".join(f"{k}=..." for k in keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,10 @@ def test_yaml_presets_list_every_key_of_their_section(config, section, cls):
     (["data.shards=/nowhere/x-{000000..000003}.tar"], "4 of 4 shards not found: /nowhere/x-000000.tar"),
     (["train.batch_size=abc"], "config key train.batch_size must be int, got 'abc'"),
     (["model=vit_gigantic"], "Could not find 'model/vit_gigantic'"),
+    (["train.steps=0"], "train.steps must be at least 1 (or null), got 0"),
+    (["train.steps=null", "train.epochs=-1"], "train.epochs must be > 0 (or set train.steps), got -1"),
+    (["train.betas=[0.9,1.5]"], "train.betas must be [beta1, beta2], each in [0, 1)"),
+    (["data=shards", "data.shards=???"], "data.shards must be given (the config leaves it '???'): add data.shards="),
 ])
 def test_bad_input_gets_one_clear_message(args, message, tmp_path, samples, capsys):
     argv = ["image", "pretrain", f"run.dir={tmp_path}", f"data.shards={samples}/mnist", *args]
@@ -58,6 +62,24 @@ def test_bad_input_gets_one_clear_message(args, message, tmp_path, samples, caps
     assert message in err
     assert "Traceback" not in err
     assert err.count("\n") <= 2
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "points", "multimodal"])
+def test_unset_mandatory_keys_are_named_before_anything_runs(modality, capsys):
+    assert main([modality, "eval", "knn" if modality != "multimodal" else "semseg", "data.train=x"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint, data.test must be given" in err and "data.train" not in err.split("must be given")[0]
+    assert "checkpoint=RUN_DIR" in err and "Traceback" not in err
+    assert main([modality, "pretrain", "data=shards"]) == 2
+    assert "data.shards must be given" in capsys.readouterr().err
+
+
+def test_shard_spec_left_unset_is_not_globbed():
+    from mimx.config import UserError
+    from mimx.data.shards import expand_shards
+
+    with pytest.raises(UserError, match="data.shards is not set"):
+        expand_shards("???")
 
 
 def test_unknown_modality_and_action(capsys):

@@ -175,7 +175,8 @@ def test_init_starts_a_new_run_from_another_runs_weights(samples, tmp_path, caps
     # a run continuing from its own checkpoint ignores train.init
     run(tiny_overrides(second, samples, "train.steps=2", "train.lr=0", f"train.init={first}"))
     assert "train.init ignored" in capsys.readouterr().err
-    with pytest.raises(UserError, match="depth: checkpoint 2 vs config 3"):
+    with pytest.raises(UserError, match=r"train.init=.* is from another model \(depth: checkpoint 2 vs config 3\)\. "
+                                        "Set the model to the init's settings"):
         run(tiny_overrides(tmp_path / "third", samples, "train.steps=1", "model.depth=3", f"train.init={first}"))
     with pytest.raises(UserError, match="does not exist"):
         run(tiny_overrides(tmp_path / "fourth", samples, "train.steps=1", f"train.init={tmp_path / 'nothing'}"))

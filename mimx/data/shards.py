@@ -38,6 +38,8 @@ def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]
             piece = os.path.expandvars(os.path.expanduser(piece.strip()))
             if not piece:
                 continue
+            if piece == "???":  # OmegaConf's missing value reaching here from a config built in code
+                raise UserError("data.shards is not set (???): give data.shards=PATH to your shards")
             for url in braceexpand.braceexpand(piece):
                 if is_remote(url):
                     urls.append(url)

@@ -105,17 +105,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike) -> None:
-    """Refuse a checkpoint whose model architecture differs from the configured one."""
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike,
+                     init: bool = False) -> None:
+    """Refuse a checkpoint whose model architecture differs from the configured one.
+
+    ``init``: the checkpoint is ``train.init``'s (the fix is then another init or matching model settings,
+    not another run folder).
+    """
+    what = f"train.init={path}" if init else f"checkpoint {path}"
     if saved.get("modality") != current.get("modality"):
-        raise UserError(f"checkpoint {path} holds a {saved.get('modality')!r} model, this run trains "
-                        f"{current.get('modality')!r}; use another run.dir or train.resume=never")
+        fix = ("give train.init a run of this modality" if init
+               else "use another run.dir or train.resume=never")
+        raise UserError(f"{what} holds a {saved.get('modality')!r} model, this run trains "
+                        f"{current.get('modality')!r}; {fix}")
     a, b = saved.get("architecture", {}), current.get("architecture", {})
     diff = [f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
     if diff:
-        raise UserError(f"checkpoint {path} is from another model ({'; '.join(diff)}). Resume with the "
-                        "checkpoint's model settings, or start a new run (another run.dir, or train.resume=never)")
+        fix = ("Set the model to the init's settings (e.g. the same model= preset and model.* overrides it was "
+               "trained with), or start from another train.init" if init else
+               "Resume with the checkpoint's model settings, or start a new run (another run.dir, or "
+               "train.resume=never)")
+        raise UserError(f"{what} is from another model ({'; '.join(diff)}). {fix}")
 
 
 def read_model(path: str | os.PathLike, weights: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -169,7 +180,7 @@ def initial_weights(path: str | os.PathLike, current: dict[str, Any],
         state, meta = convert(str(path))
     else:
         state, meta = read_model(path)
-    check_compatible(meta, current, path)
+    check_compatible(meta, current, path, init=True)
     return state
 
 

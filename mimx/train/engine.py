@@ -71,6 +71,30 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
+    def validate(self) -> None:
+        """Raise UserError naming the first key whose value cannot make a run."""
+        optional_counts = {"steps": self.steps, "stop_at_step": self.stop_at_step, "keep_every": self.keep_every}
+        checks = [(v is None or v >= 1, k, "at least 1 (or null)") for k, v in optional_counts.items()]
+        checks += [
+            (self.steps is not None or self.epochs > 0, "epochs", "> 0 (or set train.steps)"),
+            (self.batch_size >= 1, "batch_size", "at least 1"),
+            (self.accum_steps >= 1, "accum_steps", "at least 1"),
+            (self.base_lr >= 0, "base_lr", ">= 0"),
+            (self.lr is None or self.lr >= 0, "lr", ">= 0 (or null: base_lr x global batch / 256)"),
+            (self.min_lr >= 0, "min_lr", ">= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", ">= 0 (or null)"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "[beta1, beta2], each in [0, 1)"),
+            (self.clip_grad is None or self.clip_grad > 0, "clip_grad", "> 0 (or null: no clipping)"),
+            (self.log_every >= 1, "log_every", "at least 1"),
+            (self.ckpt_every >= 0, "ckpt_every", ">= 0 (0: only at the end)"),
+            (self.figure_every >= 0, "figure_every", ">= 0 (0: no figures)"),
+        ]
+        for ok, key, want in checks:
+            if not ok:
+                raise UserError(f"train.{key} must be {want}, got {getattr(self, key)!r}")
+
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -153,14 +177,20 @@ class Trainer:
         self.strategy = sharding.resolve_strategy(cfg.strategy, dist.world)
         self.sharded = self.strategy == "fsdp"
         self.precision = Precision(cfg.precision, self.device, sharded=self.sharded)
-        if cfg.accum_steps < 1 or cfg.batch_size < 1:
-            raise UserError("train.batch_size and train.accum_steps must be at least 1")
+        cfg.validate()
 
         self.global_batch = cfg.batch_size * cfg.accum_steps * dist.world
         self.samples_per_epoch = max(1, samples_per_epoch)
         steps_per_epoch = self.samples_per_epoch / self.global_batch
         self.total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+        if cfg.warmup_steps is None and warmup >= self.total_steps > 1:
+            # warmup_epochs outlasting a short run would leave the lr rising to the end, never decayed
+            capped = max(1, self.total_steps // 10)
+            if dist.is_main:
+                print(f"note: train.warmup_epochs={cfg.warmup_epochs:g} is {warmup} steps, as long as the run's "
+                      f"{self.total_steps}; warming up over {capped} instead (set train.warmup_steps to choose)")
+            warmup = capped
         self.peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / 256
         self.schedule = WarmupCosine(self.peak_lr, self.total_steps, warmup, cfg.min_lr)
 
