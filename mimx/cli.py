@@ -16,7 +16,7 @@ from mimx.config import UserError
 
 MODALITIES = {
     "image": "images: MAE, SimMIM, MaskFeat and BEiT-style pretraining on ViT patches",
-    "video": "videos: VideoMAE (tube masking, v2 dual masking) on tubelets, decord/PyAV decoding",
+    "video": "videos: VideoMAE (tube masking, v2 dual masking) and MaskFeat on tubelets; torchcodec/decord/PyAV",
     "points": "point clouds: Point-MAE (FPS + kNN groups, Chamfer loss), .ply/.pcd/.obj/.stl/.off/.npy I/O",
     "multimodal": "RGB + depth + segmentation: MultiMAE (Dirichlet token budget, per-task output adapters)",
 }
@@ -39,11 +39,17 @@ def _usage() -> str:
 
 
 def _config_groups(modality: str, action: str, config: str) -> str:
+    import yaml
+
     root = importlib.resources.files(f"mimx.configs.{modality}")
-    lines = [f"usage: mimx {modality} {action} [--cfg job] [key=value ...] [group=option ...]", "",
-             f"config: configs/{modality}/{config}.yaml; groups and options:"]
+    defaults = yaml.safe_load((root / f"{config}.yaml").read_text()).get("defaults", [])
+    groups = {k.split()[-1].lstrip("/") for d in defaults if isinstance(d, dict) for k in d}
+    lines = [f"usage: mimx {modality} {action} [--cfg job] [key=value ...]"
+             + (" [group=option ...]" if groups else ""), ""]
+    lines.append(f"config: configs/{modality}/{config}.yaml" + ("; groups and options:" if groups else
+                                                                ", no config groups"))
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("_"):
+        if entry.is_dir() and entry.name in groups:
             options = sorted(f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml"))
             if options:
                 lines.append(f"  {entry.name:<11} {', '.join(options)}")
@@ -98,6 +104,9 @@ def run(argv: Sequence[str]) -> int:
     from mimx.config import compose
 
     cfg = compose(f"mimx.configs.{modality}", action.config, argv)
+    if print_cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
     order = list(MISSING_HINTS)
     missing = sorted(OmegaConf.missing_keys(cfg), key=lambda k: (order.index(k) if k in order else len(order), k))
     if missing:
@@ -105,9 +114,6 @@ def run(argv: Sequence[str]) -> int:
                                                         if action.positional and a.startswith(f"{action.positional}=")])
         raise UserError(f"{', '.join(missing)} must be given (the config leaves {'them' if len(missing) > 1 else 'it'} "
                         f"'???'): {_missing_hint(command, missing)}")
-    if print_cfg:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        return 0
     action.load()(cfg)
     return 0
 

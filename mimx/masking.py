@@ -69,10 +69,10 @@ class Mask:
         return Mask(mask, ids_shuffle[:, :num_visible], ids_restore)
 
 
-def check_ratio(ratio: float, name: str = "mask ratio") -> float:
-    """Return ``ratio`` if it lies strictly inside (0, 1), else raise one clear error."""
+def check_ratio(ratio: float, name: str = "mask ratio", example: str = "masking.ratio=0.75") -> float:
+    """Return ``ratio`` if it lies strictly inside (0, 1), else raise one clear error ending with ``example``."""
     if not (isinstance(ratio, (int, float)) and 0.0 < float(ratio) < 1.0):
-        raise UserError(f"{name} must be strictly between 0 and 1, got {ratio!r} (e.g. masking.ratio=0.75)")
+        raise UserError(f"{name} must be strictly between 0 and 1, got {ratio!r} (e.g. {example})")
     return float(ratio)
 
 
@@ -306,7 +306,7 @@ def running_cell_pattern(grid: tuple[int, int, int], ratio: float, cell: int = 2
     """
     t, h, w = grid
     per_cell = cell * cell
-    keep = max(1, round(per_cell * (1 - check_ratio(ratio, "decoder mask ratio"))))
+    keep = max(1, round(per_cell * (1 - check_ratio(ratio, "decoder mask ratio", "model.decoder_mask_ratio=0.5"))))
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     slot = ((ys % cell) * cell + xs % cell).reshape(1, -1)
     offset = (slot - torch.arange(t).reshape(-1, 1)) % per_cell
@@ -331,7 +331,7 @@ def decode_subset(
     """
     batch, length = mask.mask.shape
     hidden = length - mask.num_visible
-    count = max(1, round(hidden * (1 - check_ratio(ratio, "decoder mask ratio"))))
+    count = max(1, round(hidden * (1 - check_ratio(ratio, "decoder mask ratio", "model.decoder_mask_ratio=0.5"))))
     device = mask.mask.device
     if noise is None:
         noise = torch.rand(batch, length, generator=generator, device=device)
@@ -346,7 +346,7 @@ class RunningCellDecoding:
     """VideoMAE v2 decoder masking: reconstruct ``1 - ratio`` of the hidden tokens, running-cell first."""
 
     def __init__(self, ratio: float = 0.5, cell: int = 2) -> None:
-        self.ratio = check_ratio(ratio, "decoder mask ratio")
+        self.ratio = check_ratio(ratio, "decoder mask ratio", "model.decoder_mask_ratio=0.5")
         self.cell = cell
 
     def __call__(self, mask: Mask, layout, *, noise=None, generator=None) -> torch.Tensor:
@@ -438,8 +438,9 @@ def group_budget_mask(lengths: Sequence[int], counts: torch.Tensor, *, noise: to
 MASKINGS = {"random": RandomMasking, "tube": TubeMasking, "block": BlockMasking, "coarse": CoarseMasking}
 
 
-def build_masking(kind: str, **kwargs) -> RandomMasking | TubeMasking | BlockMasking | CoarseMasking:
-    """Masking generator by name (``random``, ``tube``, ``block``, ``coarse``)."""
-    if kind not in MASKINGS:
-        raise UserError(f"unknown masking {kind!r}; choose one of {', '.join(MASKINGS)}")
+def build_masking(kind: str, *, kinds: tuple[str, ...] = tuple(MASKINGS),
+                  **kwargs) -> RandomMasking | TubeMasking | BlockMasking | CoarseMasking:
+    """Masking generator by name (``random``, ``tube``, ``block``, ``coarse``), one of the modality's ``kinds``."""
+    if kind not in kinds:
+        raise UserError(f"unknown masking.kind {kind!r} here; choose one of {', '.join(kinds)}")
     return MASKINGS[kind](**kwargs)

@@ -313,8 +313,9 @@ def list_sources(src: Path, suffixes: Collection[str], what: str = "files") -> t
 
 def print_summary(summary: dict[str, Any], out: str | Path, what: str) -> None:
     """The closing lines of a ``shards`` command: what was written, then every skipped source (first 20)."""
-    print(f"wrote {summary['samples']} {what} ({summary['classes']} classes) into {len(summary['shards'])} shard(s) "
-          f"in {out}")
+    classes = summary["classes"]
+    print(f"wrote {summary['samples']} {what} ({classes} class{'es' if classes != 1 else ''}) into "
+          f"{len(summary['shards'])} shard(s) in {out}")
     skipped = summary["skipped"]
     if skipped:
         print(f"skipped {len(skipped)} unusable source(s):", file=sys.stderr)

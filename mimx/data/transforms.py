@@ -1,16 +1,26 @@
-"""Crop boxes and pixel normalisation shared by the image-like modalities (images, video frames)."""
+"""Image bytes, crop boxes and pixel normalisation shared by the image-like modalities (images, frames, maps)."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from mimx.devices import DeviceConstant
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_image(data: bytes, member: str) -> Image.Image:
+    """A PIL image of a file's or shard member's bytes; ``ValueError`` naming ``member`` when they are no image."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"the {member} member is not an image PIL can read ({len(data)} bytes)") from None
 
 
 def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],

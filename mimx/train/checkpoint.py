@@ -105,6 +105,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+MODEL_KINDS = {"image": "an image", "video": "a video", "points": "a point-cloud", "multimodal": "a multi-modal"}
+
+
+def _kind(modality: Any) -> str:
+    return f"{MODEL_KINDS.get(modality, f'a {modality!r}')} model"
+
+
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike,
                      init: bool = False) -> None:
     """Refuse a checkpoint whose model architecture differs from the configured one.
@@ -116,8 +123,8 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str |
     if saved.get("modality") != current.get("modality"):
         fix = ("give train.init a run of this modality" if init
                else "use another run.dir or train.resume=never")
-        raise UserError(f"{what} holds a {saved.get('modality')!r} model, this run trains "
-                        f"{current.get('modality')!r}; {fix}")
+        raise UserError(f"{what} holds {_kind(saved.get('modality'))}, this run trains "
+                        f"{_kind(current.get('modality'))}; {fix}")
     a, b = saved.get("architecture", {}), current.get("architecture", {})
     diff = [f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
@@ -201,7 +208,7 @@ def load_trained(path: str | os.PathLike, modality: str, build: Any, what: str) 
     """
     state, meta = read_model(path)
     if meta.get("modality") != modality:
-        raise UserError(f"{path} holds a {meta.get('modality')!r} model, not {what}")
+        raise UserError(f"{path} holds {_kind(meta.get('modality'))}, not {what}")
     model = build(meta["model_config"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -503,7 +503,8 @@ class Trainer:
             metrics.close()
             report = getattr(getattr(self.loader, "skips", None), "report", lambda: "")()
             state = "finished" if self.step >= self.total_steps else "stopped (run again to continue)"
-            print(f"[mimx] {state} at step {self.step}/{self.total_steps}; loss {last_loss}; checkpoint {path}",
+            loss_text = f"loss {last_loss:.4f}" if last_loss is not None else "no step logged in this call"
+            print(f"[mimx] {state} at step {self.step}/{self.total_steps}; {loss_text}; checkpoint {path}",
                   file=sys.stderr)
             if report:
                 print(f"[mimx] data: {report}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ from PIL import Image
 from mimx.config import UserError
 from mimx.data.labels import read_label
 from mimx.data.shards import find_member
-from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_box, random_resized_crop_box
+from mimx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_box, open_image, random_resized_crop_box
 from mimx.data.transforms import Normalizer as Normalizer  # re-exported: image code imports it from here
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
@@ -68,8 +67,8 @@ class ImageDecoder:
         self.train = train
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        _, data = find_image(sample)
-        img = Image.open(io.BytesIO(data))
+        ext, data = find_image(sample)
+        img = open_image(data, f".{ext}")
         width, height = img.size
         if self.train:
             top, left, h, w = random_resized_crop_box(height, width, self.scale, self.ratio, rng)

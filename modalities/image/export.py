@@ -44,11 +44,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
     parser.add_argument("out", help="output folder for encoder.safetensors and timm_vit.json")
     args = parser.parse_args(argv)
+    out = str(args.out).rstrip("/") or "/"
     info = export_timm(args.checkpoint, args.out)
-    print(f"wrote {args.out}/encoder.safetensors and timm_vit.json (features match to {info['max_abs_diff']:.1e}).\n"
+    print(f"wrote {out}/encoder.safetensors and timm_vit.json (features match to {info['max_abs_diff']:.1e}).\n"
           "Load it with:\n"
           "  from mimx.modalities.image.interop import build_timm_vit\n"
-          f"  vit = build_timm_vit(json.load(open('{args.out}/timm_vit.json')), num_classes=10)\n"
-          f"  vit.load_state_dict(safetensors.torch.load_file('{args.out}/encoder.safetensors'), strict=False)"
+          f"  vit = build_timm_vit(json.load(open('{out}/timm_vit.json')), num_classes=10)\n"
+          f"  vit.load_state_dict(safetensors.torch.load_file('{out}/encoder.safetensors'), strict=False)"
           "  # only head.* is new")
     return 0

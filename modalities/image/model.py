@@ -20,6 +20,8 @@ from mimx.transformer import VIT_PRESETS, MaskedDecoder, MaskedEncoder, apply_pr
 
 PRESETS = VIT_PRESETS
 
+IMAGE_MASKINGS = ("random", "block", "coarse")  # tube masking needs a time axis
+
 
 @dataclass
 class ImageMAEConfig:
@@ -116,7 +118,7 @@ class ImageMAE(MaskedAutoencoder):
         if not c.abs_pos and c.rel_pos_bias == "none":
             raise UserError("model.abs_pos=false leaves the encoder without positions; set "
                             "model.rel_pos_bias=shared or layer (BEiT), or keep model.abs_pos=true")
-        masking = build_masking(**c.masking)
+        masking = build_masking(**c.masking, kinds=IMAGE_MASKINGS)
         target = c.build_target()
         encoder = MaskedEncoder(c.embed_dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
                                 norm_eps=c.norm_eps, drop_path=c.drop_path, init_values=c.layer_scale or None,

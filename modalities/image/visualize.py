@@ -12,6 +12,7 @@ from mimx.masking import build_masking
 from mimx.modalities.image.data import ImageDataConfig, ImageDecoder, Normalizer
 from mimx.modalities.image.export import load_image_mae
 from mimx.modalities.image.figures import reconstruction_panels, save_reconstruction_grid
+from mimx.modalities.image.model import IMAGE_MASKINGS
 from mimx.modalities.image.shards import SUFFIXES
 
 
@@ -34,7 +35,7 @@ def visualize(checkpoint: str | Path, sources: list[str], out: str | Path, *, co
     """
     model = load_image_mae(checkpoint)
     if mask_ratio is not None:
-        model.masking = build_masking(**{**model.config.masking, "ratio": mask_ratio})
+        model.masking = build_masking(**{**model.config.masking, "ratio": mask_ratio}, kinds=IMAGE_MASKINGS)
     data = ImageDataConfig(image_size=list(model.config.image_hw), channels=model.config.in_chans,
                            crop_pct=crop_pct, **model.normalization)
     images, _ = load_images(sources, ImageDecoder(data, train=False), count)
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> int:
                     "mean and variance.")
     parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
     parser.add_argument("sources", nargs="+", help="image files, folders of images, or shards")
-    parser.add_argument("--out", default="reconstruction.png", help="output PNG (default reconstruction.png)")
+    parser.add_argument("--out", default="image_reconstruction.png",
+                        help="output PNG (default image_reconstruction.png)")
     parser.add_argument("--num", type=int, default=8, help="images to show (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="mask seed: the same seed gives the same figure")
     parser.add_argument("--mask-ratio", type=float, default=None, help="override the trained mask ratio")

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from mimx.config import UserError
 from mimx.data.shards import dataset_size, expand_shards
 from mimx.data.stream import Decoder, ShardStream
-from mimx.data.transforms import random_resized_crop_box
+from mimx.data.transforms import open_image, random_resized_crop_box
 from mimx.modalities.multimodal.model import ModalitySpec
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -75,7 +74,7 @@ def decode_map(name: str, spec: ModalitySpec, ext: str, data: bytes, depth_unit:
     if ext == "npy":
         array = np.load(io.BytesIO(data), allow_pickle=False)
     else:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data, f"{name}.{ext}") as image:
             if spec.kind == "pixels":
                 image = image.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(spec.channels, "RGB"))
             array = np.asarray(image)

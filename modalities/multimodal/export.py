@@ -87,13 +87,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", help="output folder for encoder.safetensors, timm_vit.json and input.json")
     parser.add_argument("--input", default="rgb", help="the input modality the ViT takes (default rgb)")
     args = parser.parse_args(argv)
+    out = str(args.out).rstrip("/") or "/"
     info = export_timm(args.checkpoint, args.out, args.input)
-    print(f"wrote {args.out}/encoder.safetensors, timm_vit.json and input.json ({args.input} input; features "
+    print(f"wrote {out}/encoder.safetensors, timm_vit.json and input.json ({args.input} input; features "
           f"match to {info['max_abs_diff']:.1e}).\n"
           "Load it with:\n"
           "  from mimx.timm_vit import build_timm_vit\n"
-          f"  vit = build_timm_vit(json.load(open('{args.out}/timm_vit.json')), num_classes=10)\n"
-          f"  vit.load_state_dict(safetensors.torch.load_file('{args.out}/encoder.safetensors'), strict=False)"
+          f"  vit = build_timm_vit(json.load(open('{out}/timm_vit.json')), num_classes=10)\n"
+          f"  vit.load_state_dict(safetensors.torch.load_file('{out}/encoder.safetensors'), strict=False)"
           "  # only head.* is new\n"
-          f"and prepare inputs as {args.out}/input.json says.")
+          f"and prepare inputs as {out}/input.json says.")
     return 0

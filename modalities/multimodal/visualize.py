@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
                     "colour ramp (standardised per image), classes in a palette.")
     parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
     parser.add_argument("sources", nargs="+", help="aligned shards (.tar, brace patterns, folders of .tar)")
-    parser.add_argument("--out", default="reconstruction.png")
+    parser.add_argument("--out", default="multimodal_reconstruction.png",
+                        help="output PNG (default multimodal_reconstruction.png)")
     parser.add_argument("--num", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="mask seed: the same seed gives the same figure")
     parser.add_argument("--inputs", default=None, help="comma-separated input modalities to keep (e.g. rgb)")

@@ -28,7 +28,7 @@ def point_samples(items: list[tuple[Path, int]], root: Path, skipped: list[str],
         try:
             points = read_points(path, mesh_points=mesh_points, seed=seed + index)
         except (ValueError, OSError) as exc:
-            skipped.append(f"{path}: {exc}"[:300])
+            skipped.append(str(exc)[:300])  # the reader's message starts with the path
             continue
         points, dropped = drop_nonfinite(points)
         if len(points) == 0:

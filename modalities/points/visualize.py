@@ -73,7 +73,8 @@ def main(argv: list[str]) -> int:
                     "the reconstruction.")
     parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
     parser.add_argument("sources", nargs="+", help="cloud or mesh files, folders of them, or shards")
-    parser.add_argument("--out", default="reconstruction.png", help="output PNG (default reconstruction.png)")
+    parser.add_argument("--out", default="points_reconstruction.png",
+                        help="output PNG (default points_reconstruction.png)")
     parser.add_argument("--num", type=int, default=4, help="clouds to show (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="mask seed: the same seed gives the same figure")
     parser.add_argument("--mask-ratio", type=float, default=None, help="override the trained mask ratio")

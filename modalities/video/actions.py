@@ -7,7 +7,8 @@ ACTIONS = {
                        "automatically)", "mimx.modalities.video.pretrain:pretrain", config="pretrain"),
     "shards": Action("write a video folder (class subfolders = labels) or a csv list as tar shards, optionally "
                      "re-encoded to a short side and keyframe interval", "mimx.modalities.video.shards:main"),
-    "eval": Action("evaluate an encoder on labelled clips: knn, linear (probe) or finetune, multi-view testing",
+    "eval": Action("evaluate an encoder on labelled clips: knn, linear or attentive (probes) or finetune, "
+                   "multi-view testing",
                    "mimx.modalities.video.evaluate:evaluate", config="eval", positional="protocol"),
     "visualize": Action("reconstruction PNG strip and GIF/mp4 from a checkpoint and videos (files, folders or "
                         "shards)", "mimx.modalities.video.visualize:main"),

@@ -30,6 +30,8 @@ DECODERS: dict[str, dict[str, int]] = {
 }
 PRESETS = {name: {**VIT_PRESETS[name], **DECODERS[name]} for name in VIT_PRESETS}
 
+VIDEO_MASKINGS = ("tube", "random", "block")  # block on a (t, h, w) grid: MaskFeat cube masking
+
 
 @dataclass
 class VideoMAEConfig:
@@ -129,7 +131,7 @@ class VideoMAE(MaskedAutoencoder):
                             "work; with model.encoder_mode=mask_token leave it at 0")
         if len(c.pixel_mean) != c.in_chans or len(c.pixel_std) != c.in_chans:
             raise UserError(f"model.pixel_mean/pixel_std need {c.in_chans} values (one per channel)")
-        masking = build_masking(**c.masking)
+        masking = build_masking(**c.masking, kinds=VIDEO_MASKINGS)
         decode = None
         if c.decoder_mask_ratio:
             decode = RunningCellDecoding(c.decoder_mask_ratio, c.decoder_mask_cell)

@@ -14,6 +14,7 @@ from mimx.modalities.video.data import VideoDataConfig, VideoDecoder
 from mimx.modalities.video.export import load_video_mae
 from mimx.modalities.video.figures import save_animation, save_strip, video_panels
 from mimx.modalities.video.io import VIDEO_EXTS
+from mimx.modalities.video.model import VIDEO_MASKINGS
 
 
 def load_clips(sources: list[str], decoder: VideoDecoder, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -40,7 +41,7 @@ def visualize(checkpoint: str | Path, sources: list[str], out: str | Path, *, co
     model = load_video_mae(checkpoint)
     c = model.config
     if mask_ratio is not None:
-        model.masking = build_masking(**{**c.masking, "ratio": mask_ratio})
+        model.masking = build_masking(**{**c.masking, "ratio": mask_ratio}, kinds=VIDEO_MASKINGS)
     data = VideoDataConfig(image_size=list(c.image_hw), clip_len=c.num_frames, rate=rate or 4, test_clips=1,
                            test_crops=1, **model.normalization)
     clips, _ = load_clips(sources, VideoDecoder(data, train=False), count)
@@ -63,7 +64,8 @@ def main(argv: list[str]) -> int:
                     "predictions are mapped back with each original tubelet's statistics.")
     parser.add_argument("checkpoint", help="run folder, checkpoints/last.pt or model.safetensors")
     parser.add_argument("sources", nargs="+", help="video files, folders of videos, or shards")
-    parser.add_argument("--out", default="reconstruction.png", help="output PNG (default reconstruction.png)")
+    parser.add_argument("--out", default="video_reconstruction.png",
+                        help="output PNG (default video_reconstruction.png)")
     parser.add_argument("--num", type=int, default=4, help="clips to show (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="mask seed: the same seed gives the same figure")
     parser.add_argument("--mask-ratio", type=float, default=None, help="override the trained mask ratio")
