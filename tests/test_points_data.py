@@ -139,6 +139,40 @@ def test_truncated_and_inconsistent_files_raise_saying_what_is_missing(tmp_path,
         decode_points(b"solid x\nfacet normal 0 0 1\nouter loop\nvertex 0 0 0\nvertex 1 0 0\n", "stl")
 
 
+PLY3 = (b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+        b"element face 1\nproperty list uchar int vertex_indices\n")
+BIN4 = (b"ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+        b"property float z\nelement face 2\nproperty list char int vertex_indices\nend_header\n" + bytes(48))
+
+
+@pytest.mark.parametrize(("data", "key", "message"), [
+    (PLY3 + b"end_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1\n", "ply", "face record '3 0 1' does not match"),
+    (PLY3 + b"end_header\n0 0 0\n1 0 0\n0 1 0\n1 1 0\n3 0 1 2\n", "ply", "1 value.s. more than the header"),
+    (BIN4 + b"\x03" + np.array([0, 1, 2], "<i4").tobytes() + b"\xff" + bytes(12), "ply", "list of length -1"),
+    (b"v 0 0\nv 1 0\nv 0 1\n", "obj", "not a vertex or face"),
+    (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n", "obj", "ids start at 1"),
+    (b"solid exporter" + bytes(66) + (4).to_bytes(4, "little") + bytes(100), "stl", "no facet read"),
+])
+def test_inconsistent_files_raise_instead_of_returning_garbage(data, key, message):
+    with pytest.raises(ValueError, match=message):
+        decode_points(data, key)
+
+
+def test_header_quirks_that_valid_files_have():
+    from mimx.modalities.points.formats import read_off, read_pcd, read_ply
+
+    points = np.random.default_rng(0).random((5, 3)).astype("<f4")
+    comment = (b"ply\nformat binary_little_endian 1.0\nelement vertex 5\nproperty float x\nproperty float y\n"
+               b"property float z\ncomment written up to end_header\nend_header\n")  # not the header's end
+    np.testing.assert_array_equal(read_ply(comment + points.tobytes())[0], points)
+    padded = (b"FIELDS x y z _ normal_x _\nSIZE 4 4 4 1 4 1\nTYPE F F F U F U\nCOUNT 1 1 1 4 1 4\nWIDTH 2\n"
+              b"POINTS 2\nDATA ascii\n1 2 3 0 0 0 0 5 0 0 0 0\n4 5 6 0 0 0 0 5 0 0 0 0\n")  # PCL's padding fields
+    assert read_pcd(padded).tolist() == [[1, 2, 3], [4, 5, 6]]
+    for kind in (b"OFF", b"COFF"):  # RGB after xyz (no alpha): one vertex per line, whatever follows
+        vertices, faces = read_off(kind + b"\n3 1 0\n0 0 0 255 0 0\n1 0 0 255 0 0\n0 1 0 255 0 0\n3 0 1 2\n")
+        assert vertices.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0]] and faces.tolist() == [[0, 1, 2]]
+
+
 def test_ply_members_decode_in_forked_workers(tmp_path, cloud):
     """A .ply/.pcd inside a shard, read by 2 forked workers after torch's own OpenMP pool has started
     (open3d's reader deadlocked there); the truncated one is skipped and named."""

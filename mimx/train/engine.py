@@ -188,8 +188,9 @@ class Trainer:
             # warmup_epochs outlasting a short run would leave the lr rising to the end, never decayed
             capped = max(1, self.total_steps // 10)
             if dist.is_main:
-                print(f"note: train.warmup_epochs={cfg.warmup_epochs:g} is {warmup} steps, as long as the run's "
-                      f"{self.total_steps}; warming up over {capped} instead (set train.warmup_steps to choose)")
+                print(f"[mimx] train.warmup_epochs={cfg.warmup_epochs:g} is {warmup} steps, as long as the run's "
+                      f"{self.total_steps}; warming up over {capped} instead (set train.warmup_steps to choose)",
+                      file=sys.stderr)
             warmup = capped
         self.peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / 256
         self.schedule = WarmupCosine(self.peak_lr, self.total_steps, warmup, cfg.min_lr)

@@ -20,16 +20,27 @@ PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": 
 FACE_LISTS = ("vertex_indices", "vertex_index")
 
 
-def fan_triangles(polygons: list[list[int]]) -> np.ndarray:
-    """``[F, 3]`` triangles of polygons given as vertex-id lists (a fan from each polygon's first vertex)."""
+def fan_triangles(polygons: list | np.ndarray) -> np.ndarray:
+    """``[F, 3]`` triangles of polygons given as vertex-id lists (a fan from each polygon's first vertex).
+
+    An ``[P, n]`` array (every polygon with n corners, as most meshes store them) is split without a loop.
+    """
+    if isinstance(polygons, np.ndarray) and polygons.ndim == 2:
+        ids = polygons.astype(np.int64)
+        if ids.shape[1] < 3:
+            return np.zeros((0, 3), dtype=np.int64)
+        fans = [np.stack([ids[:, 0], ids[:, i], ids[:, i + 1]], axis=1) for i in range(1, ids.shape[1] - 1)]
+        return np.stack(fans, axis=1).reshape(-1, 3)
     triangles = [(p[0], p[i], p[i + 1]) for p in polygons for i in range(1, len(p) - 1)]
     return np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
 
 
 def _check_ids(triangles: np.ndarray, num_vertices: int) -> np.ndarray:
-    if len(triangles) and (triangles.min() < 0 or triangles.max() >= num_vertices):
-        raise ValueError(f"a face refers to vertex {int(triangles.max())} (or a negative id); "
-                         f"the file has {num_vertices} vertices")
+    if len(triangles):
+        low, high = int(triangles.min()), int(triangles.max())
+        if low < 0 or high >= num_vertices:
+            bad = low if low < 0 else high
+            raise ValueError(f"a face refers to vertex {bad}; the file has {num_vertices} vertices")
     return triangles
 
 
@@ -42,7 +53,7 @@ class _PlyElement:
 
 
 def _ply_header(data: bytes) -> tuple[str, list[_PlyElement], int]:
-    end = re.search(rb"end_header[ \t]*\r?\n", data)
+    end = re.search(rb"(?m)^end_header[ \t]*(\r?\n|$)", data)
     if not data.startswith(b"ply") or end is None:
         raise ValueError("not a PLY file (no 'ply' ... 'end_header' header)")
     fmt, elements = "", []
@@ -87,20 +98,24 @@ def _ply_binary(element: _PlyElement, data: bytes, at: int, order: str) -> tuple
         if uniform is not None:
             return uniform
     columns: dict = {name: [] for name, _, _ in element.props}
+    def take(kind: str, count: int, index: int) -> np.ndarray:
+        if count < 0:
+            raise ValueError(f"{element.name} record {index} has a list of length {count}")
+        if len(data) - at < count * np.dtype(kind).itemsize:
+            raise ValueError(f"the header announces {element.count} {element.name} records, "
+                             f"the file is truncated after {index}")
+        return np.frombuffer(data, order + kind, count, at)
+
     for index in range(element.count):
         for name, kind, count_kind in element.props:
-            try:
-                if count_kind is None:
-                    value = np.frombuffer(data, order + kind, 1, at)[0]
-                    at += np.dtype(kind).itemsize
-                else:
-                    n = int(np.frombuffer(data, order + count_kind, 1, at)[0])
-                    at += np.dtype(count_kind).itemsize
-                    value = np.frombuffer(data, order + kind, n, at)
-                    at += n * np.dtype(kind).itemsize
-            except ValueError as exc:  # frombuffer past the end
-                raise ValueError(f"the header announces {element.count} {element.name} records, "
-                                 f"the file is truncated after {index}") from exc
+            if count_kind is None:
+                value = take(kind, 1, index)[0]
+                at += np.dtype(kind).itemsize
+            else:
+                n = int(take(count_kind, 1, index)[0])
+                at += np.dtype(count_kind).itemsize
+                value = take(kind, n, index)
+                at += n * np.dtype(kind).itemsize
             columns[name].append(value)
     return columns, at
 
@@ -112,6 +127,8 @@ def _ply_uniform(element: _PlyElement, data: bytes, at: int, order: str, where: 
     if len(data) - at < head.itemsize + np.dtype(count_kind).itemsize:
         return None
     n = int(np.frombuffer(data, order + count_kind, 1, at + head.itemsize)[0])
+    if n < 0:
+        return None
     fields = [(p, order + k) for p, k, _ in element.props[:where]] + [("_n", order + count_kind)]
     fields += [(name, order + kind, (n,))] + [(p, order + k) for p, k, _ in element.props[where + 1:]]
     dtype = np.dtype(fields)
@@ -130,22 +147,33 @@ def _ply_ascii(element: _PlyElement, lines: list[str], at: int) -> tuple[dict, i
     rows = lines[at:at + element.count]
     if all(count is None for _, _, count in element.props):
         width = len(element.props)
+        words = [r.split() for r in rows]
+        bad = next((r for r, w in zip(rows, words, strict=True) if len(w) != width), None)
+        if bad is not None:
+            raise ValueError(f"a {element.name} record {bad[:60]!r} is not the header's {width} values")
         try:
-            table = np.array([r.split()[:width] for r in rows], dtype=np.float64).reshape(len(rows), width)
+            table = np.array(words, dtype=np.float64).reshape(len(rows), width)
         except ValueError as exc:
             raise ValueError(f"a {element.name} record is not {width} numbers") from exc
         return {name: table[:, i] for i, (name, _, _) in enumerate(element.props)}, at + element.count
     columns: dict = {name: [] for name, _, _ in element.props}
     for row in rows:
         words, k = row.split(), 0
-        for name, _, count_kind in element.props:
-            if count_kind is None:
-                columns[name].append(float(words[k]))
-                k += 1
-            else:
-                n = int(words[k])
-                columns[name].append([int(float(v)) for v in words[k + 1:k + 1 + n]])
-                k += 1 + n
+        try:
+            for name, _, count_kind in element.props:
+                if count_kind is None:
+                    columns[name].append(float(words[k]))
+                    k += 1
+                else:
+                    n = int(words[k])
+                    if n < 0 or k + 1 + n > len(words):
+                        raise IndexError
+                    columns[name].append([int(float(v)) for v in words[k + 1:k + 1 + n]])
+                    k += 1 + n
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"a {element.name} record {row[:60]!r} does not match the header") from exc
+        if k != len(words):
+            raise ValueError(f"a {element.name} record {row[:60]!r} has {len(words) - k} value(s) more than the header")
     return columns, at + element.count
 
 
@@ -158,6 +186,9 @@ def read_ply(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         at = 0
         for element in elements:
             found[element.name], at = _ply_ascii(element, lines, at)
+        if at != len(lines):
+            raise ValueError(f"{len(lines) - at} line(s) after the records the header announces "
+                             f"({', '.join(f'{e.count} {e.name}' for e in elements)}): the counts are wrong")
     else:
         order, at = ("<" if fmt == "binary_little_endian" else ">"), body
         for element in elements:
@@ -170,7 +201,9 @@ def read_ply(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     vertices = np.column_stack([np.asarray(vertex[k], dtype=np.float64) for k in "xyz"]).reshape(-1, 3)
     face = found.get("face", {})
     polygons = next((face[k] for k in FACE_LISTS if k in face), [])
-    triangles = fan_triangles([list(map(int, p)) for p in polygons])
+    if not isinstance(polygons, np.ndarray):  # per-record lists (ascii, or polygons of mixed sizes)
+        polygons = [list(map(int, p)) for p in polygons]
+    triangles = fan_triangles(polygons)
     return vertices, _check_ids(triangles, len(vertices))
 
 
@@ -178,6 +211,16 @@ def read_ply(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 def lzf_decompress(data: bytes, size: int) -> bytes:
     """LZF (liblzf) decompression, as PCL writes ``binary_compressed`` clouds."""
+    try:
+        out = _lzf(data)
+    except IndexError:
+        raise ValueError("corrupt or truncated LZF data") from None
+    if len(out) != size:
+        raise ValueError(f"LZF data decompress to {len(out)} bytes, the header says {size}")
+    return bytes(out)
+
+
+def _lzf(data: bytes) -> bytearray:
     out, i = bytearray(), 0
     while i < len(data):
         ctrl = data[i]
@@ -196,9 +239,7 @@ def lzf_decompress(data: bytes, size: int) -> bytes:
             raise ValueError("corrupt LZF data (a reference before the start)")
         for k in range(length + 2):  # may overlap the bytes being written
             out.append(out[start + k])
-    if len(out) != size:
-        raise ValueError(f"LZF data decompress to {len(out)} bytes, the header says {size}")
-    return bytes(out)
+    return out
 
 
 def read_pcd(data: bytes) -> np.ndarray:
@@ -225,6 +266,7 @@ def read_pcd(data: bytes) -> np.ndarray:
         mode = fields["DATA"][0].lower()
     except (KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"the PCD header lacks or garbles {exc}") from exc
+    names = [f"_pad{i}" if n == "_" else n for i, n in enumerate(names)]  # PCL's padding fields
     if not {"x", "y", "z"} <= set(names):
         raise ValueError(f"the PCD fields {names} hold no x, y, z")
     try:
@@ -238,7 +280,11 @@ def read_pcd(data: bytes) -> np.ndarray:
         if len(lines) < points:
             raise ValueError(f"the header announces {points} points, the file holds {len(lines)}")
         width = sum(counts)
-        table = np.array([line.split()[:width] for line in lines[:points]], dtype=np.float64).reshape(points, width)
+        rows = [line.split()[:width] for line in lines[:points]]
+        short = next((i for i, row in enumerate(rows) if len(row) < width), None)
+        if short is not None:
+            raise ValueError(f"point {short} has {len(rows[short])} values, the fields take {width}")
+        table = np.array(rows, dtype=np.float64).reshape(points, width)
         column = np.cumsum([0] + counts)
         return np.column_stack([table[:, column[names.index(k)]] for k in "xyz"]).astype(np.float32)
     if mode == "binary":
@@ -251,6 +297,11 @@ def read_pcd(data: bytes) -> np.ndarray:
         if len(data) - at < 8:
             raise ValueError("the compressed PCD data is truncated")
         packed, size = struct.unpack("<II", data[at:at + 8])
+        if len(data) - at - 8 < packed:
+            raise ValueError(f"the compressed PCD data is truncated ({len(data) - at - 8} of {packed} bytes)")
+        if size != dtype.itemsize * points:
+            raise ValueError(f"the compressed PCD data decompress to {size} bytes, the header's {points} points "
+                             f"take {dtype.itemsize * points}")
         raw = lzf_decompress(data[at + 8:at + 8 + packed], size)
         columns, offset = {}, 0  # stored field by field
         for name, base, count in zip(names, bases, counts, strict=True):
@@ -272,12 +323,16 @@ def read_obj(data: bytes) -> tuple[np.ndarray, np.ndarray]:
             continue
         try:
             if words[0] == "v":
+                if len(words) < 4:
+                    raise ValueError("a vertex line needs x y z")
                 vertices.append([float(v) for v in words[1:4]])
             elif words[0] == "f":
                 ids = [int(w.split("/")[0]) for w in words[1:]]
+                if 0 in ids:
+                    raise ValueError("OBJ vertex ids start at 1 (or count back from -1)")
                 polygons.append([i - 1 if i > 0 else len(vertices) + i for i in ids])
         except ValueError as exc:
-            raise ValueError(f"line {number} is not a vertex or face: {line.strip()[:60]!r}") from exc
+            raise ValueError(f"line {number} {line.strip()[:60]!r} is not a vertex or face ({exc})") from exc
     array = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
     return array, _check_ids(fan_triangles(polygons), len(array))
 
@@ -294,6 +349,9 @@ def read_stl(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     if not data.lstrip().startswith(b"solid"):
         raise ValueError("neither an ascii STL ('solid' ...) nor a binary one of the size its header implies")
     corners = re.findall(rb"vertex\s+(\S+)\s+(\S+)\s+(\S+)", data)
+    if not corners:
+        raise ValueError("no facet read: an empty ascii STL, or a binary one (its header may start with 'solid' "
+                         "too) whose size does not match its triangle count: truncated")
     if len(corners) % 3:
         raise ValueError(f"{len(corners)} facet corners, not a multiple of 3: the file is truncated")
     vertices = np.asarray(corners, dtype=np.float64).reshape(-1, 3)
@@ -320,13 +378,22 @@ def read_off(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     if len(rest) < 2:
         raise ValueError("the OFF header has no vertex and face counts")
     num_vertices, num_faces = int(rest[0]), int(rest[1])
-    values: list[str] = []
-    while len(values) < num_vertices * per_vertex:  # a vertex per line, but tolerate wrapped lines
-        if at == len(lines):
-            raise ValueError(f"the header announces {num_vertices} vertices, the file ends before them")
-        values += lines[at].split()
-        at += 1
-    vertices = np.asarray(values[:num_vertices * per_vertex], dtype=np.float64).reshape(num_vertices, per_vertex)
+    rows = [line.split() for line in lines[at:at + num_vertices]]
+    widths = {len(r) for r in rows}
+    if len(rows) == num_vertices and min(widths, default=3) >= 3 and (min(widths) >= per_vertex or len(widths) == 1):
+        # a vertex per line (the spec), whatever follows its xyz (colours with or without alpha, extra values)
+        vertices = np.asarray([r[:3] for r in rows], dtype=np.float64).reshape(num_vertices, 3)
+        at += num_vertices
+    else:  # vertices wrapped over several lines
+        values: list[str] = []
+        while len(values) < num_vertices * per_vertex:
+            if at == len(lines):
+                raise ValueError(f"the header announces {num_vertices} vertices, the file ends before them")
+            values += lines[at].split()
+            at += 1
+        if len(values) != num_vertices * per_vertex:
+            raise ValueError(f"the {num_vertices} vertices do not end where a line does: not {per_vertex} values each")
+        vertices = np.asarray(values, dtype=np.float64).reshape(num_vertices, per_vertex)
     polygons = []
     for line in lines[at:at + num_faces]:
         words = line.split()
