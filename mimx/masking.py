@@ -442,5 +442,5 @@ def build_masking(kind: str, *, kinds: tuple[str, ...] = tuple(MASKINGS),
                   **kwargs) -> RandomMasking | TubeMasking | BlockMasking | CoarseMasking:
     """Masking generator by name (``random``, ``tube``, ``block``, ``coarse``), one of the modality's ``kinds``."""
     if kind not in kinds:
-        raise UserError(f"unknown masking.kind {kind!r} here; choose one of {', '.join(kinds)}")
+        raise UserError(f"unknown masking.kind {kind!r} for this modality; choose one of {', '.join(kinds)}")
     return MASKINGS[kind](**kwargs)
