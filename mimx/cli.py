@@ -107,6 +107,8 @@ def run(argv: Sequence[str]) -> int:
     if print_cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
+    if OmegaConf.select(cfg, "data.list") and OmegaConf.is_missing(cfg.data, "shards"):
+        cfg.data.shards = None  # a file list instead of shards
     order = list(MISSING_HINTS)
     missing = sorted(OmegaConf.missing_keys(cfg), key=lambda k: (order.index(k) if k in order else len(order), k))
     if missing:
@@ -120,8 +122,9 @@ def run(argv: Sequence[str]) -> int:
 
 MISSING_HINTS = {
     "checkpoint": "checkpoint=RUN_DIR (a run folder, its checkpoints/last.pt or an exported model.safetensors)",
-    "data.shards": "data.shards=PATH (your shards: folder, brace pattern, glob or pipe: URL), or data=samples "
-                   "for the embedded sample shards",
+    "data.shards": "data.shards=PATH (your shards: folder, brace pattern, glob or pipe: URL), data.list=FILE "
+                   "(video and point clouds: a 'path label' list of local files), or data=samples for the embedded "
+                   "sample shards",
     "data.train": "data.train=SHARDS (labelled training shards; the validation split is carved from them)",
     "data.test": "data.test=SHARDS (labelled test shards, scored once at the end)",
 }

@@ -99,9 +99,14 @@ class EvalData:
         self.cfg = cfg
         self.make_decoder = make_decoder
         self.read_label = read_label
-        self.train_urls = expand_shards(cfg.train)
-        self.test_urls = expand_shards(cfg.test)
-        self.val_urls = expand_shards(cfg.val) if cfg.val is not None else self.train_urls
+        for key in ("train", "val", "test"):
+            spec = getattr(cfg, key)
+            if isinstance(spec, str) and spec.lower().endswith((".csv", ".txt", ".json")):
+                raise UserError(f"data.{key}={spec} is a file list; evaluation reads labelled shards: write them "
+                                f"with `mimx <modality> shards {spec} OUT` and give data.{key}=OUT")
+        self.train_urls = expand_shards(cfg.train, key="data.train")
+        self.test_urls = expand_shards(cfg.test, key="data.test")
+        self.val_urls = expand_shards(cfg.val, key="data.val") if cfg.val is not None else self.train_urls
         carve = cfg.val_fraction if cfg.val is None else 0.0
         self.skips = SkipLog()
         self.parts = {"train": SplitFilter("train", carve, cfg.label_fraction, cfg.split_seed),
@@ -140,12 +145,23 @@ class EvalData:
             if shares is not None:
                 shares = [s for s in shares if len(s[1])]
                 if not shares:
-                    raise UserError(f"no labelled sample in the {part} split; check data.val_fraction and the shards")
+                    raise UserError(self.empty_message(part))
                 parts[part] = _in_key_order(shares)
                 if whole is not None:
                     whole.charge(parts[part][0], part)
         self._skipped = self.skipped()  # collective: gathered now, while every process is still here
         return parts if dist.is_main else None
+
+    def empty_message(self, part: str) -> str:
+        """Why a part gave no usable sample: the carved split's size, and the first skip reasons."""
+        if part == "val" and self.cfg.val is None:
+            why = (f"the validation split carved from data.train (data.val_fraction={self.cfg.val_fraction:g}) is "
+                   "empty or unusable: raise data.val_fraction, or give data.val")
+        else:
+            why = f"data.{part} gave no usable labelled sample"
+        if self.skips.count:
+            why += f"; {self.skips.count} sample(s) skipped, e.g. " + " | ".join(self.skips.examples[:2])
+        return f"no sample to evaluate in the {part} split: {why}"
 
     def skipped(self) -> dict[str, Any]:
         """Skipped samples of every process together (collective under torchrun, once)."""
@@ -190,6 +206,8 @@ class EvalData:
             decoder = FilteredDecoder(decoder, KeyShare(self.rank, self.world))
         readers = self.world if endless else 1
         samples = self._in_memory(part)
+        if samples is not None and not samples:
+            raise UserError(self.empty_message(part))
         if samples is not None:
             stream: ShardStream = MemoryStream(samples, decoder, **kwargs)
             workers = max(1, min(self.cfg.num_workers, len(samples) // readers))

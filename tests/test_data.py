@@ -171,9 +171,13 @@ def test_pipe_urls_are_read(tmp_path):
 
 def test_too_few_shards_for_the_readers(tmp_path):
     shards = _write_numbered(tmp_path, 2, 2)
-    stream = ShardStream(shards, _index_decoder, batch_size=1, rank=0, world=2)
-    with pytest.raises(UserError, match="each need at least one"):
+    stream = ShardStream(shards[:1], _index_decoder, batch_size=1, rank=0, world=2)
+    with pytest.raises(UserError, match="2 rank.s. each need at least one"):
         StreamLoader(stream, num_workers=2)
+    # fewer shards than workers: the workers are fitted to the shards, with a note, and every sample comes once
+    single = ShardStream(shards[:1], _index_decoder, batch_size=1, shuffle=0, epochs=1)
+    loader = StreamLoader(single, num_workers=2)
+    assert loader.num_workers == 1 and sorted(int(b["idx"]) for b in loader) == [0, 1]
     resampled = ShardStream(shards, _index_decoder, batch_size=1, rank=1, world=2, resampled=True)
     assert len(_drain(StreamLoader(resampled, num_workers=2, prefetch_factor=2), 6)) == 6
 

@@ -23,13 +23,13 @@ def is_remote(url: str) -> bool:
     return url.startswith(REMOTE_PREFIXES)
 
 
-def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]:
+def expand_shards(spec: str | Sequence[str], *, check: bool = True, key: str = "data.shards") -> list[str]:
     """Expand a shard spec into a list of URLs.
 
     Accepts a list, or a string of ``::``-separated parts, each a brace pattern
     (``data/train-{000000..000099}.tar``), a glob (``data/*.tar``), a folder
     (all ``*.tar`` in it) or a URL (``pipe:curl -s https://.../x.tar``). With
-    ``check``, missing local shards raise one error naming them.
+    ``check``, missing local shards raise one error naming them and the config ``key`` to fix.
     """
     parts = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
@@ -39,7 +39,7 @@ def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]
             if not piece:
                 continue
             if piece == "???":  # OmegaConf's missing value reaching here from a config built in code
-                raise UserError("data.shards is not set (???): give data.shards=PATH to your shards")
+                raise UserError(f"{key} is not set (???): give {key}=PATH to your shards")
             for url in braceexpand.braceexpand(piece):
                 if is_remote(url):
                     urls.append(url)
@@ -47,25 +47,25 @@ def expand_shards(spec: str | Sequence[str], *, check: bool = True) -> list[str]
                     found = sorted(glob.glob(os.path.join(url, "*.tar")))
                     if check and not found:
                         raise UserError(f"folder {url} holds no .tar shards; write some with `mimx <modality> "
-                                        "shards SRC OUT` or point data.shards at your shards")
+                                        f"shards SRC OUT` or point {key} at your shards")
                     urls.extend(found)
                 elif any(ch in url for ch in "*?["):
                     found = sorted(glob.glob(url))
                     if check and not found:
-                        raise UserError(f"no shards match {url}; check the path in data.shards")
+                        raise UserError(f"no shards match {url}; check the path in {key}")
                     urls.extend(found)
                 else:
                     urls.append(url)
     if check:
         if not urls:
-            raise UserError(f"data.shards {spec!r} names no shards")
+            raise UserError(f"{key} {spec!r} names no shards")
         missing = [u for u in urls if not is_remote(u) and not os.path.isfile(u)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             hint = ("; build the embedded samples with `python -m mimx.datasets.samples data/samples` (or `make "
                     "samples`) in the folder you run from" if any("samples" in m for m in missing) else "")
             raise UserError(f"{len(missing)} of {len(urls)} shards not found: {', '.join(missing[:3])}{more}; "
-                            f"fix data.shards (brace patterns like train-{{000000..000009}}.tar work){hint}")
+                            f"fix {key} (brace patterns like train-{{000000..000009}}.tar work){hint}")
     return urls
 
 

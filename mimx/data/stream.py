@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class SkipLog:
 
 
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # args[0] is the errno
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        return f"{type(exc).__name__}: {text}"[:200]
     text = str(exc.args[0]) if exc.args else type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
 
@@ -153,14 +157,27 @@ class ShardStream(IterableDataset):
         self.start: dict[int, tuple[int, int]] = {}
         self.worker_offset = 0  # DataLoader worker i plays logical worker (i + offset) % num_workers
 
+    def units(self) -> int | None:
+        """How many readers the data can feed, one shard (or sample) each at least; None: any number."""
+        return None if self.resampled else len(self.urls)
+
     def check_split(self, num_workers: int) -> None:
-        """Every (rank, worker) pair needs a shard unless shards are resampled."""
-        readers = self.world * max(1, num_workers)
-        if not self.resampled and len(self.urls) < readers:
+        """Every rank needs a shard unless shards are resampled (workers are fitted by :meth:`fit_workers`)."""
+        if not self.resampled and len(self.urls) < self.world:
             raise UserError(
-                f"data.shards has {len(self.urls)} shard(s) but {self.world} rank(s) x {max(1, num_workers)} "
-                f"worker(s) each need at least one: write smaller shards (shards --max-size), lower "
-                f"data.num_workers, or set data.resampled=true")
+                f"data.shards has {len(self.urls)} shard(s) but {self.world} rank(s) each need at least one: write "
+                "smaller shards (shards --max-size), or set data.resampled=true")
+
+    def fit_workers(self, num_workers: int) -> int:
+        """``num_workers``, lowered (with a note) so that every worker of every rank has a shard to read."""
+        units = self.units()
+        if units is None or num_workers <= 1 or units >= self.world * num_workers:
+            return num_workers
+        fitted = max(1, units // self.world)
+        if self.rank == 0:
+            print(f"[mimx] data: {units} shard(s) for {self.world} rank(s): {fitted} data worker(s) per rank instead "
+                  f"of {num_workers} (smaller shards, shards --max-size, let more workers decode)", file=sys.stderr)
+        return fitted
 
     def epoch_urls(self, epoch: int, worker: int, num_workers: int) -> list[str]:
         """Shards read by ``worker`` of this rank in ``epoch``."""
@@ -258,9 +275,12 @@ class MemoryStream(ShardStream):
         super().__init__(["<memory>"], decode, **kwargs)
         self.samples = list(samples)
 
+    def units(self) -> int | None:
+        return len(self.samples)
+
     def check_split(self, num_workers: int) -> None:
-        if len(self.samples) < self.world * max(1, num_workers):
-            raise UserError(f"{len(self.samples)} sample(s) in memory for {num_workers} workers; use fewer workers")
+        if len(self.samples) < self.world:
+            raise UserError(f"{len(self.samples)} sample(s) in memory for {self.world} processes; each needs one")
 
     def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
         return iter(self.samples[self.rank :: self.world][worker::num_workers])
@@ -339,11 +359,13 @@ class FileListStream(ShardStream):
         self.list_path = str(list_path)
         self.items = read_file_list(list_path)
 
+    def units(self) -> int | None:
+        return None if self.resampled else len(self.items)
+
     def check_split(self, num_workers: int) -> None:
-        readers = self.world * max(1, num_workers)
-        if not self.resampled and len(self.items) < readers:
-            raise UserError(f"{self.list_path} names {len(self.items)} file(s) for {self.world} rank(s) x "
-                            f"{max(1, num_workers)} worker(s); lower data.num_workers or set data.resampled=true")
+        if not self.resampled and len(self.items) < self.world:
+            raise UserError(f"{self.list_path} names {len(self.items)} file(s) for {self.world} rank(s); each needs "
+                            "one: set data.resampled=true")
 
     def epoch_items(self, epoch: int, worker: int, num_workers: int) -> list[tuple[Path, int]]:
         """Files read by ``worker`` of this rank in ``epoch``."""
@@ -402,6 +424,7 @@ class StreamLoader:
     def __init__(self, stream: ShardStream, *, num_workers: int = 2, pin_memory: bool = False,
                  prefetch_factor: int = 4, timeout: float = 0) -> None:
         stream.check_split(num_workers)
+        num_workers = stream.fit_workers(num_workers)
         self.stream = stream
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -475,7 +498,10 @@ class StreamLoader:
 def first_batch(stream: ShardStream, key: str, what: str) -> dict[str, Any]:
     """The first batch holding ``key`` of one unshuffled pass over ``stream`` (figures, quick looks)."""
     stream.shuffle, stream.epochs = 0, 1
+    skips: list[str] = []
     for batch in stream:
+        skips += batch.get("_skips", [])
         if key in batch:
             return {k: v for k, v in batch.items() if not k.startswith("_")}
-    raise UserError(f"no readable {what} in {list(stream.urls)[:3]}")
+    reasons = f": {len(skips)} skipped, e.g. " + " | ".join(skips[:3]) if skips else ""
+    raise UserError(f"no readable {what} in {list(stream.urls)[:3]}{reasons}")

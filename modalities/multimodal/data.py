@@ -140,7 +140,8 @@ class MultiDecoder:
             keys = sorted(k for k in sample if not k.startswith("__"))
             raise KeyError(f"no modality of {list(self.specs)} in sample (has {keys})")
         if missing and cfg.missing == "skip":
-            raise KeyError(f"sample lacks {missing} (data.missing=skip; set data.missing=allow to keep it)")
+            keys = sorted(k for k in sample if not k.startswith("__"))
+            raise KeyError(f"sample lacks {missing} (has {keys}); data.missing=skip drops such samples")
         sizes = {n: m.shape[:2] for n, m in maps.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"modalities have different sizes {sizes}; align them before writing shards")

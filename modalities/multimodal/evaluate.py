@@ -269,6 +269,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     target = data_cfg.target or cfg.probe
     kind = "classes" if cfg.probe == "semseg" else "depth"
     specs = dict(model.specs)
+    if target in specs and specs[target].kind != kind:
+        want = "class ids (a semseg-like modality)" if kind == "classes" else "depth"
+        raise UserError(f"data.target={target} is a {specs[target].kind} modality of this model; the {cfg.probe} "
+                        f"probe predicts {want}: choose data.target among "
+                        f"{[n for n, s in specs.items() if s.kind == kind] or '(none: give num_classes and a name)'}")
     if target not in specs:  # a probe target the model never saw (an RGB-only model): read it as well
         from mimx.modalities.multimodal.model import ModalitySpec
 
@@ -277,7 +282,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         specs[target] = ModalitySpec(kind=kind, num_classes=int(cfg.num_classes or 0), loss=None)
         specs[target].check(target)
     num_classes = int(cfg.num_classes or (specs[target].num_classes if kind == "classes" else 1))
-    maps = MultiDataConfig(image_size=model.config.img_size, depth_unit=data_cfg.depth_unit, missing="allow")
+    # a sample lacking an input or the target is skipped and counted: scoring it would score placeholders
+    maps = MultiDataConfig(image_size=model.config.img_size, depth_unit=data_cfg.depth_unit, missing="skip")
     wanted = {n: specs[n] for n in {*inputs, target}}
     data = EvalData(data_cfg, lambda train: MultiDecoder(maps, wanted, train=train), lambda sample: -1)
     precision = Precision.for_fp32_model(cfg.precision, device)  # the model and head train in fp32 here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ class MultiPretrainTask:
         self.data = data
         self.figure_batch = figure_batch
         self.figure_seed = figure_seed
+        self.present: torch.Tensor | None = None  # per modality: samples (this process) that held it
+        self.seen = 0
+        self.names: list[str] = []
 
     def meta(self) -> dict[str, Any]:
         return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config),
@@ -50,6 +54,7 @@ class MultiPretrainTask:
         maps = {n: batch[n].to(ctx.device, non_blocking=True) for n in core.specs}
         present = batch["present"]
         b = present.shape[0]
+        self._count(present, list(core.specs), ctx)
         groups = len(core.inputs)
         lengths = groups * self.config.grid[0] * self.config.grid[1]
         # global-batch draws sliced per rank: the masks do not depend on the process count
@@ -63,6 +68,25 @@ class MultiPretrainTask:
                     generator=ctx.host_local)
         ctx.parts.update(out.losses)  # logged per task: loss_rgb, loss_depth, loss_semseg
         return out.loss
+
+    def _count(self, present: torch.Tensor, names: list[str], ctx: StepContext) -> None:
+        first = self.present is None
+        counts = present.long().sum(0)
+        self.present = counts if first else self.present + counts
+        self.seen += present.shape[0]
+        self.names = names
+        absent = [n for n, c in zip(names, counts.tolist(), strict=True) if c == 0]
+        if first and absent and ctx.rank == 0:
+            print(f"[mimx] warning: {', '.join(absent)} missing from every sample of the first batch: its loss is "
+                  f"0 and it learns nothing. Shard members must be named <modality>.png/.jpg/.npy (e.g. "
+                  f"{absent[0]}.png); rename them, or leave {absent[0]} out of model.modalities", file=sys.stderr)
+
+    def report(self) -> str:
+        """Per modality, how many of the samples this process trained on held it."""
+        if self.present is None:
+            return ""
+        pairs = zip(self.names, self.present.tolist(), strict=True)
+        return "samples holding each modality: " + ", ".join(f"{n} {c}/{self.seen}" for n, c in pairs)
 
     def figure(self, model: MultiMAE, path: Path) -> None:
         if self.figure_batch is None:
