@@ -49,11 +49,22 @@ def _h5py():
     return h5py
 
 
+def _check_scanobjectnn(path: Path) -> None:
+    """Refuse, before anything is written, a file that is not a ScanObjectNN .h5."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give the ScanObjectNN training and test .h5 files")
+    try:
+        with _h5py().File(path, "r") as f:
+            keys = list(f.keys())
+    except OSError as exc:
+        raise UserError(f"{path} is not an HDF5 file ({exc}); give ScanObjectNN's .h5 files, e.g. "
+                        "training_objectdataset.h5 and test_objectdataset.h5") from None
+    if "data" not in keys or "label" not in keys:
+        raise UserError(f"{path} has no 'data' and 'label' datasets (keys: {keys}); is it a ScanObjectNN .h5 file?")
+
+
 def scanobjectnn_samples(path: Path, split: str) -> Iterator[dict[str, Any]]:
     with _h5py().File(path, "r") as f:
-        if "data" not in f or "label" not in f:
-            raise UserError(f"{path} has no 'data' and 'label' datasets (keys: {list(f.keys())}); is it a "
-                            "ScanObjectNN .h5 file?")
         data, labels = f["data"], np.asarray(f["label"]).reshape(-1)
         if len(data) != len(labels):
             raise UserError(f"{path}: {len(data)} clouds but {len(labels)} labels")
@@ -69,9 +80,10 @@ def convert_scanobjectnn(train: str | Path, test: str | Path, out: str | Path, *
     """ScanObjectNN ``train`` and ``test`` .h5 files -> ``out/train`` and ``out/test`` shards."""
     out = Path(out)
     report = {}
-    for split, path in (("train", Path(train)), ("test", Path(test))):
-        if not path.is_file():
-            raise UserError(f"{path} does not exist; give the ScanObjectNN training and test .h5 files")
+    pairs = (("train", Path(train)), ("test", Path(test)))
+    for _, path in pairs:
+        _check_scanobjectnn(path)
+    for split, path in pairs:
         report[split] = write_dataset(out / split, prefix, scanobjectnn_samples(path, split), SCANOBJECTNN_CLASSES,
                                       max_size="256MB", max_count=100_000, overwrite=overwrite, skipped=[],
                                       what=f"clouds in {path}")

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from mimx.config import UserError, from_mapping, to_plain
-from mimx.data.shards import expand_shards
+from mimx.data.shards import expand_shards, is_remote, read_class_names
 from mimx.data.split import FilteredDecoder, KeyShare, SplitFilter, count_kept
 from mimx.data.stream import Decoder, MemoryStream, ShardStream, SkipLog, StreamLoader, read_raw
 from mimx.evaluation import accuracy, knn_predict, probe_predict, train_attentive_probe, train_linear_probe
@@ -83,6 +83,26 @@ class LinearConfig:
     weight_decay: float = 0.0
 
 
+def check_same_classes(parts: dict[str, list[str]]) -> None:
+    """Refuse parts whose ``classes.json`` (beside their shards, as ``mimx <modality> shards`` writes it) give
+    one name different ids: splits written from separate class folders each number their own folders."""
+    found = {}
+    for key, urls in parts.items():
+        local = next((u for u in urls if not is_remote(u)), None)
+        path = Path(local).parent / "classes.json" if local else None
+        if path is not None and path.is_file():
+            found[key] = (path, read_class_names(path))
+    items = list(found.items())
+    for key, (path, names) in items[1:]:
+        first_key, (first_path, first) = items[0]
+        clash = [n for n in set(names) & set(first) if names.index(n) != first.index(n)]
+        if clash:
+            raise UserError(f"{key}'s {path} and {first_key}'s {first_path} give class {clash[0]!r} different ids "
+                            f"({names.index(clash[0])} vs {first.index(clash[0])}): the splits were written from "
+                            f"class folders of their own. Rewrite {key}'s shards with `mimx <modality> shards SRC OUT "
+                            f"--classes {first_path}`")
+
+
 class EvalData:
     """One-pass loaders over the train / val / test parts of labelled shards.
 
@@ -107,6 +127,7 @@ class EvalData:
         self.train_urls = expand_shards(cfg.train, key="data.train")
         self.test_urls = expand_shards(cfg.test, key="data.test")
         self.val_urls = expand_shards(cfg.val, key="data.val") if cfg.val is not None else self.train_urls
+        check_same_classes({"data.train": self.train_urls, "data.val": self.val_urls, "data.test": self.test_urls})
         carve = cfg.val_fraction if cfg.val is None else 0.0
         self.skips = SkipLog()
         self.parts = {"train": SplitFilter("train", carve, cfg.label_fraction, cfg.split_seed),

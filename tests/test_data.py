@@ -207,3 +207,34 @@ def test_image_folder_to_shards(tmp_path):
                     img = Image.open(io.BytesIO(tar.extractfile(m).read()))
                     assert min(img.size) <= 64
     assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+
+
+def test_splits_written_apart_keep_class_ids_with_classes_and_mismatches_are_refused(tmp_path, capsys):
+    from mimx.datasets.samples import photo_files
+    from mimx.protocols import check_same_classes
+
+    photos = photo_files()[:5]
+    for split, names in (("train", ["bird", "cat", "dog"]), ("test", ["bird", "dog"])):
+        for i, name in enumerate(names):
+            (tmp_path / split / name).mkdir(parents=True)
+            (tmp_path / split / name / photos[i].name).write_bytes(photos[i].read_bytes())
+    write_image_shards(tmp_path / "train", tmp_path / "train_shards")
+    write_image_shards(tmp_path / "test", tmp_path / "own_ids")  # dog is 1 here, 2 in train
+    train = expand_shards(str(tmp_path / "train_shards"))
+    with pytest.raises(UserError, match="class 'dog' different ids .1 vs 2.*--classes .*train_shards/classes.json"):
+        check_same_classes({"data.train": train, "data.test": expand_shards(str(tmp_path / "own_ids"))})
+    from mimx.cli import main
+
+    assert main(["image", "shards", str(tmp_path / "test"), str(tmp_path / "same_ids"), "--classes",
+                 str(tmp_path / "train_shards" / "classes.json")]) == 0
+    assert "wrote 2 images (3 classes)" in capsys.readouterr().out
+    check_same_classes({"data.train": train, "data.test": expand_shards(str(tmp_path / "same_ids"))})
+    labels = []
+    for shard in expand_shards(str(tmp_path / "same_ids")):
+        with tarfile.open(shard) as tar:
+            labels += [int(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".cls")]
+    assert sorted(labels) == [0, 2]
+    (tmp_path / "test" / "fish").mkdir()
+    with pytest.raises(UserError, match=r"class folder\(s\) \['fish'\] .* are not in the given class list"):
+        write_image_shards(tmp_path / "test", tmp_path / "x", classes_file=tmp_path / "train_shards" / "classes.json")
+

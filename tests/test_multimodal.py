@@ -384,6 +384,31 @@ def test_pretrain_resume_viewer_and_probes(scenes, tmp_path):
         from mimx.modalities.multimodal.evaluate import evaluate
 
         evaluate(compose("mimx.configs.multimodal", "eval", ["probe=semseg", "head.kind=mlp", *common]))
+    with pytest.raises(UserError, match="data.target=semseg is a classes modality .* the depth probe predicts depth"):
+        evaluate(compose("mimx.configs.multimodal", "eval", ["probe=depth", "data.target=semseg", *common]))
+
+
+def test_a_modality_missing_from_the_shards_is_named_not_scored(scenes, tmp_path, capsys):
+    """Shards whose segmentation maps are named otherwise: pretraining warns and counts; a probe of the missing
+    target refuses to score placeholders."""
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for shard in sorted((scenes / "scenes" / "train").glob("*.tar")):
+        with tarfile.open(shard) as src, tarfile.open(renamed / shard.name, "w") as dst:
+            for member in src.getmembers():
+                data = src.extractfile(member).read()
+                member.name = member.name.replace(".semseg.", ".seg.")
+                dst.addfile(member, io.BytesIO(data))
+    run_dir = tmp_path / "run"
+    pretrain(compose("mimx.configs.multimodal", "pretrain", _overrides(run_dir, scenes, "train.steps=2",
+                                                                        f"data.shards={renamed}")))
+    err = capsys.readouterr().err
+    assert "semseg missing from every sample of the first batch" in err
+    assert "samples holding each modality: rgb 16/16, depth 16/16, semseg 0/16" in err
+    code = main(["multimodal", "eval", "semseg", f"checkpoint={run_dir}", f"data.train={renamed}",
+                 f"data.test={scenes}/scenes/test", "data.num_workers=1", "head.epochs=1", "head.lrs=[0.01]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no sample to evaluate in the train split" in err and "lacks ['semseg']" in err
 
 
 def test_export_one_input_as_a_timm_vit(scenes, tmp_path, capsys):

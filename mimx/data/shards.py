@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import tarfile
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +82,28 @@ def parse_size(text: str | int) -> int:
     return int(float(number) * units[unit])
 
 
-def list_files(src: Path, suffixes: Collection[str], what: str = "files") -> tuple[list[tuple[Path, int]], list[str]]:
+def list_files(src: Path, suffixes: Collection[str], what: str = "files",
+               classes: Sequence[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
     """Files of ``src`` whose lower-case suffix is in ``suffixes``, with their class index.
 
-    Classes are the sorted names of the subfolders (searched recursively); files directly in
+    Classes are the sorted names of the subfolders (searched recursively), or ``classes`` (another split's
+    order, so the same name gets the same id; every subfolder must be among them); files directly in
     ``src`` get -1 (unlabelled). Returns ``(items, class names)``.
     """
     if not src.is_dir():
-        raise UserError(f"{src} is not a folder; give a folder of {what} or of class subfolders")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+        raise UserError(f"{src} is not a folder; give a folder of {what} or of class subfolders, or a .csv/.txt "
+                        "list of 'path label' lines")
+    folders = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = folders
+    unknown = [name for name in folders if name not in classes]
+    if unknown:
+        raise UserError(f"class folder(s) {unknown[:5]} of {src} are not in the given class list "
+                        f"({len(classes)} names); add them there or leave them out")
+    classes = list(classes)
     items: list[tuple[Path, int]] = []
-    for index, name in enumerate(classes):
+    for name in folders:
+        index = classes.index(name)
         items += [(f, index) for f in sorted((src / name).rglob("*")) if f.suffix.lower() in suffixes]
     items += [(f, -1) for f in sorted(src.iterdir()) if f.is_file() and f.suffix.lower() in suffixes]
     if not items:
@@ -265,14 +276,23 @@ def write_dataset(out: Path, prefix: str, samples: Iterable[dict[str, Any]], cla
     Returns ``{"shards", "samples", "classes", "skipped"}``; ``skipped`` is the list the
     sample generator fills with ``"file: reason"``. Raises one error when nothing was written.
     """
+    labels: set[str] = set()
+
+    def counted() -> Iterator[dict[str, Any]]:  # the labels written, for lists without class names
+        for sample in samples:
+            label = sample.get("cls")
+            labels.add(label.decode() if isinstance(label, bytes) else str(label))
+            yield sample
+
     with ShardWriter(out / prefix, max_bytes=parse_size(max_size), max_count=max_count,
                      overwrite=overwrite) as writer:
-        writer.write_all(samples)
+        writer.write_all(counted())
     if writer.total == 0:
         raise UserError(f"none of the {what} could be read: {skipped[:3]}")
     if classes:
         (out / "classes.json").write_text(json.dumps(list(classes), indent=1))
-    return {"shards": writer.shards, "samples": writer.total, "classes": len(classes), "skipped": skipped}
+    count = len(classes) or len(labels - {"None", "-1"})
+    return {"shards": writer.shards, "samples": writer.total, "classes": count, "skipped": skipped}
 
 
 def list_classes(path: Path, items: Sequence[tuple[Path, int]]) -> list[str]:
@@ -293,22 +313,36 @@ def list_classes(path: Path, items: Sequence[tuple[Path, int]]) -> list[str]:
     return classes
 
 
-def list_sources(src: Path, suffixes: Collection[str], what: str = "files") -> tuple[list[tuple[Path, int]], list[str],
-                                                                                    Path]:
+def list_sources(src: Path, suffixes: Collection[str], what: str = "files",
+                 classes_file: str | Path | None = None) -> tuple[list[tuple[Path, int]], list[str], Path]:
     """(files with labels, class names, folder the source names are relative to) of a folder or a list.
 
     A folder: its files (class subfolders give labels, see :func:`list_files`); a ``.csv``/``.txt``
     file: a ``path label`` list, its class names from a ``classes.json`` beside it (see :func:`list_classes`).
+    ``classes_file``: a ``classes.json`` (e.g. the training shards') that fixes the class ids instead.
     """
     from mimx.data.stream import read_file_list
 
+    given = read_class_names(Path(classes_file)) if classes_file else None
     if src.is_file() and src.suffix.lower() in (".csv", ".txt"):
         items = read_file_list(src)
-        return items, list_classes(src.parent / "classes.json", items), src.parent
+        return items, list_classes(Path(classes_file) if classes_file else src.parent / "classes.json", items), \
+            src.parent
     if src.is_file():
         raise UserError(f"{src} is neither a folder nor a .csv/.txt file list")
-    items, classes = list_files(src, suffixes, what)
+    items, classes = list_files(src, suffixes, what, given)
     return items, classes, src
+
+
+def read_class_names(path: Path) -> list[str]:
+    """The class names of a ``classes.json`` (a JSON list of strings); one clear error otherwise."""
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); expected a JSON list of class names") from None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise UserError(f"{path} is not a JSON list of class names")
+    return names
 
 
 def print_summary(summary: dict[str, Any], out: str | Path, what: str) -> None:
@@ -345,3 +379,5 @@ def add_shard_arguments(parser: Any, src_help: str, prefix: str) -> None:
     parser.add_argument("--no-shuffle", action="store_true", help="keep source order (default: shuffled)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards with this prefix")
+    parser.add_argument("--classes", help="a classes.json fixing the class ids (e.g. the training shards', when "
+                                          "writing the test split) instead of this source's sorted subfolders")

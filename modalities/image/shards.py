@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import random
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mimx.data.shards import add_shard_arguments, list_sources, write_dataset
+from mimx.data.shards import add_shard_arguments, list_sources, print_summary, write_dataset
 
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -56,10 +55,11 @@ def image_samples(items: list[tuple[Path, int]], classes: list[str], resize: int
 
 def write_image_shards(src: str | Path, out: str | Path, *, prefix: str = "images", max_size: str | int = "256MB",
                        max_count: int = 100_000, resize: int | None = None, shuffle: bool = True, seed: int = 0,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False,
+                       classes_file: str | Path | None = None) -> dict[str, Any]:
     """Write ``OUT/<prefix>-NNNNNN.tar`` shards; returns a summary (shards, counts, skipped files)."""
     src, out = Path(src), Path(out)
-    items, classes, _ = list_sources(src, SUFFIXES, "images")
+    items, classes, _ = list_sources(src, SUFFIXES, "images", classes_file)
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
@@ -79,11 +79,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     summary = write_image_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
                                  max_count=args.max_count, resize=args.resize, shuffle=not args.no_shuffle,
-                                 seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {summary['samples']} images ({summary['classes']} classes) into {len(summary['shards'])} shard(s) "
-          f"in {args.out}")
-    if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} unreadable file(s):", file=sys.stderr)
-        for line in summary["skipped"][:20]:
-            print(f"  - {line}", file=sys.stderr)
+                                 seed=args.seed, overwrite=args.overwrite,
+                                 classes_file=args.classes)
+    print_summary(summary, args.out, "images")
     return 0

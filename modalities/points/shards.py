@@ -50,12 +50,13 @@ def point_samples(items: list[tuple[Path, int]], root: Path, skipped: list[str],
 
 def write_point_shards(src: str | Path, out: str | Path, *, prefix: str = "clouds", max_size: str | int = "256MB",
                        max_count: int = 100_000, max_points: int = 16384, mesh_points: int = 8192,
-                       shuffle: bool = True, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                       shuffle: bool = True, seed: int = 0, overwrite: bool = False,
+                       classes_file: str | Path | None = None) -> dict[str, Any]:
     """Write ``OUT/<prefix>-NNNNNN.tar``; returns ``{"shards", "samples", "classes", "skipped"}``."""
     src, out = Path(src), Path(out)
     if max_points < 0 or mesh_points < 1:
         raise UserError("--max-points must be >= 0 and --mesh-points >= 1")
-    items, classes, root = list_sources(src, set(SUFFIXES), "point clouds")
+    items, classes, root = list_sources(src, set(SUFFIXES), "point clouds", classes_file)
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
@@ -77,6 +78,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     summary = write_point_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
                                  max_count=args.max_count, max_points=args.max_points, mesh_points=args.mesh_points,
-                                 shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite)
+                                 shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite,
+                                 classes_file=args.classes)
     print_summary(summary, args.out, "point clouds")
     return 0

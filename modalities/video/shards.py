@@ -92,7 +92,8 @@ def video_samples(items: list[tuple[Path, int]], root: Path, recode: Recode, ski
 def write_video_shards(src: str | Path, out: str | Path, *, prefix: str = "videos", max_size: str | int = "256MB",
                        max_count: int = 100_000, short_side: int | None = None, keyint: int | None = None,
                        crf: int | None = None, max_frames: int | None = None, shuffle: bool = True, seed: int = 0,
-                       workers: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                       workers: int = 0, overwrite: bool = False,
+                       classes_file: str | Path | None = None) -> dict[str, Any]:
     """Write ``OUT/<prefix>-NNNNNN.tar``; returns ``{"shards", "samples", "classes", "skipped"}``.
 
     Each sample: ``<key>.<ext>`` video, ``<key>.cls`` label (when labelled) and ``<key>.json``
@@ -102,7 +103,7 @@ def write_video_shards(src: str | Path, out: str | Path, *, prefix: str = "video
     for name, value in (("short_side", short_side), ("keyint", keyint), ("max_frames", max_frames)):
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    items, classes, root = list_sources(src, SUFFIXES, "videos")
+    items, classes, root = list_sources(src, SUFFIXES, "videos", classes_file)
     if shuffle:
         random.Random(seed).shuffle(items)
     skipped: list[str] = []
@@ -128,6 +129,7 @@ def main(argv: list[str]) -> int:
     summary = write_video_shards(args.src, args.out, prefix=args.prefix, max_size=args.max_size,
                                  max_count=args.max_count, short_side=args.short_side, keyint=args.keyint,
                                  crf=args.crf, max_frames=args.max_frames, shuffle=not args.no_shuffle,
-                                 seed=args.seed, workers=args.workers, overwrite=args.overwrite)
+                                 seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+                                 classes_file=args.classes)
     print_summary(summary, args.out, "videos")
     return 0
