@@ -106,15 +106,11 @@ def perplexity(ids: torch.Tensor, vocab: int) -> float:
 
 def save_codebook(path: str | os.PathLike, codes: torch.Tensor, meta: dict[str, Any]) -> Path:
     """Write ``codes [K, D]`` and ``meta`` (JSON-safe values) as a safetensors file; written whole or not at all."""
-    from safetensors.torch import save_file
+    from mimx.train.checkpoint import write_safetensors
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"codes": codes.detach().float().cpu().contiguous()}, str(tmp),
-              metadata={key: json.dumps(value) for key, value in meta.items()})
-    os.replace(tmp, path)
-    return path
+    return write_safetensors({"codes": codes.float()}, path, {key: json.dumps(value) for key, value in meta.items()})
 
 
 def codebook_header(path: str | os.PathLike) -> tuple[tuple[int, ...], dict[str, Any]]:

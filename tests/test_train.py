@@ -357,3 +357,16 @@ def test_bf16_pure_master_gradients_accumulate_then_restart_each_step():
     again = grads(slice(0, 6), use_b=False)  # replaced, not added to the previous step's
     torch.testing.assert_close(again["a.weight"], whole["a.weight"], rtol=2e-2, atol=2e-2)
     assert again["b.weight"].abs().sum() == 0 and again["b.bias"].abs().sum() == 0
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(samples, tmp_path):
+    from mimx.train.launch import lock_run
+
+    held = lock_run(tmp_path)  # what a running training holds
+    try:
+        with pytest.raises(UserError, match=r"is in use by a running training \(pid \d+ on .*another run.dir"):
+            run(tiny_overrides(tmp_path, samples, "train.steps=1"))
+    finally:
+        held.close()
+    assert run(tiny_overrides(tmp_path, samples, "train.steps=1")).step == 1  # released: the folder is free again
+

@@ -121,12 +121,25 @@ def sample_key(name: str) -> tuple[str, str]:
 
 
 def count_samples(url: str) -> int:
-    """Samples in one local shard, from the tar headers only (no data is read)."""
-    keys = set()
+    """Samples in one local shard, from the tar headers only (no data is read).
+
+    A shard cut short counts the samples before the cut (the stream reads those and reports the cut);
+    one that is no tar at all raises ``tarfile.TarError``.
+    """
+    keys: set[str] = set()
+    last = ""
     with tarfile.open(url, "r:*") as tar:
-        for member in tar:
-            if member.isreg() and not os.path.basename(member.name).startswith("__"):
-                keys.add(sample_key(member.name)[0])
+        try:
+            for member in tar:
+                if member.isreg() and not os.path.basename(member.name).startswith("__"):
+                    last = sample_key(member.name)[0]
+                    keys.add(last)
+        except (tarfile.ReadError, EOFError):
+            if not keys:
+                raise
+            keys.discard(last)  # the sample the cut went through
+            print(f"[mimx] data: shard {url} is truncated; counting the {len(keys)} sample(s) before the cut",
+                  file=sys.stderr)
     return len(keys)
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import sys
+import tarfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,10 +45,13 @@ class SkipLog:
     count: int = 0
     examples: list[str] = field(default_factory=list)
     keep: int = 20
+    repeats: int = 0  # skips of something already listed (a bad sample comes up again every epoch)
 
     def add(self, what: str) -> None:
         self.count += 1
-        if len(self.examples) < self.keep:
+        if what in self.examples:
+            self.repeats += 1
+        elif len(self.examples) < self.keep:
             self.examples.append(what)
 
     def extend(self, items: Sequence[str]) -> None:
@@ -57,18 +61,20 @@ class SkipLog:
     def report(self) -> str:
         if not self.count:
             return "no corrupt samples or unreadable shards"
-        lines = [f"skipped {self.count} corrupt sample(s) or unreadable shard(s):"]
+        again = f", {self.repeats} of them again in a later epoch" if self.repeats else ""
+        lines = [f"skipped {self.count} corrupt sample(s) or unreadable shard(s){again}:"]
         lines += [f"  - {e}" for e in self.examples]
-        if self.count > len(self.examples):
-            lines.append(f"  ... and {self.count - len(self.examples)} more")
+        if self.count - self.repeats > len(self.examples):
+            lines.append(f"  ... and {self.count - self.repeats - len(self.examples)} more")
         return "\n".join(lines)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "examples": list(self.examples)}
+        return {"count": self.count, "examples": list(self.examples), "repeats": self.repeats}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count = int(state.get("count", 0))
         self.examples = list(state.get("examples", []))
+        self.repeats = int(state.get("repeats", 0))
 
 
 def _short(exc: BaseException) -> str:
@@ -201,16 +207,22 @@ class ShardStream(IterableDataset):
                 skips.append(f"shard {url}: {_short(exc)}")
                 continue
 
-            def handler(exc: BaseException, url: str = url) -> bool:
-                skips.append(f"shard {url}: {_short(exc)}")
+            truncated = (f"shard {url}: truncated (no end-of-archive marker); the samples before the cut were "
+                         "used")
+            cut = [False]
+
+            def handler(exc: BaseException, url: str = url, cut: list[bool] = cut) -> bool:
+                if isinstance(exc, tarfile.ReadError | EOFError):  # the tar reader ran into the cut
+                    cut[0] = True
+                else:
+                    skips.append(f"shard {url}: {_short(exc)}")
                 return True
 
             try:
                 files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=handler))
                 yield from group_by_keys(files, handler=handler)
-                if not stream.ended_cleanly():
-                    skips.append(f"shard {url}: truncated after {stream.total} bytes (no end-of-archive marker); "
-                                 "the samples before the cut were used")
+                if cut[0] or not stream.ended_cleanly():
+                    skips.append(truncated)
             except Exception as exc:
                 skips.append(f"shard {url}: {_short(exc)}")
             finally:

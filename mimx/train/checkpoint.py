@@ -105,6 +105,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """``state`` as a safetensors file, written whole or not at all, readable as the umask allows (safetensors
+    alone creates files only their owner can read)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+    return path
+
+
 MODEL_KINDS = {"image": "an image", "video": "a video", "points": "a point-cloud", "multimodal": "a multi-modal"}
 
 
@@ -223,11 +239,9 @@ def save_encoder(out: str | os.PathLike, state: dict[str, torch.Tensor], info: d
     """An exported encoder: ``out/encoder.safetensors`` and its description ``out/<info_name>`` (JSON)."""
     import json
 
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "encoder.safetensors"))
+    write_safetensors(state, out / "encoder.safetensors")
     (out / info_name).write_text(json.dumps(info, indent=1))
     return out
 

@@ -192,6 +192,9 @@ class Trainer:
                       f"{self.total_steps}; warming up over {capped} instead (set train.warmup_steps to choose)",
                       file=sys.stderr)
             warmup = capped
+        elif warmup >= self.total_steps > 1 and dist.is_main:
+            print(f"[mimx] train.warmup_steps={warmup} is as long as the run's {self.total_steps} steps: the lr "
+                  "rises to the end and never decays (lower train.warmup_steps for a schedule)", file=sys.stderr)
         self.peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / 256
         self.schedule = WarmupCosine(self.peak_lr, self.total_steps, warmup, cfg.min_lr)
 
@@ -515,11 +518,6 @@ class Trainer:
         return TrainResult(self.step, self.total_steps, last_loss, path, self.step < self.total_steps)
 
     def _export_weights(self, state: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        tmp = self.run_dir / ".model.safetensors.tmp"
         meta = {"modality": self.task.modality, "format": "mimx-weights/1", "step": str(self.step),
                 **{k: json.dumps(v) for k, v in self.task.meta().items()}}
-        save_file(state, str(tmp), metadata=meta)
-        tmp.replace(self.run_dir / "model.safetensors")
+        ckpt.write_safetensors(state, self.run_dir / "model.safetensors", meta)

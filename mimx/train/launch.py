@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mimx.config import to_plain
+from mimx.config import UserError, to_plain
 from mimx.data.stream import ShardStream, StreamLoader
 from mimx.train.checkpoint import seed_everything
 from mimx.train.distributed import DistInfo, init_distributed, shutdown
@@ -24,8 +26,11 @@ def run_pretraining(cfg: DictConfig, train: TrainConfig, build: Build, *, num_wo
                     prefetch: int) -> TrainResult:
     """Start the processes' group, build the modality's parts, write the run folder and train (or resume)."""
     dist = init_distributed(train.device)
+    lock = None
     try:
         run_dir = Path(cfg.run.dir)
+        if dist.is_main:
+            lock = lock_run(run_dir)
         seed_everything(train.seed)
         model, stream, samples, task = build(dist)
         loader = StreamLoader(stream, num_workers=num_workers, pin_memory=dist.device.type == "cuda",
@@ -39,4 +44,30 @@ def run_pretraining(cfg: DictConfig, train: TrainConfig, build: Build, *, num_wo
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters", file=sys.stderr)
         return Trainer(train, model, loader, task, run_dir, samples, dist, config=plain).fit()
     finally:
+        if lock is not None:
+            lock.close()  # releases the lock
         shutdown()
+
+
+def lock_run(run_dir: Path) -> IO[str]:
+    """An exclusive lock on ``run_dir`` for this process's lifetime: a second run in the same folder would
+    resume from the same checkpoint and overwrite the first one's, so it stops with a message instead."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the run ends
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{run_dir} is in use by a running training ({owner}); wait for it, stop it, or give "
+                        "this run another run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle

@@ -72,7 +72,11 @@ def _member(sample: dict[str, Any], name: str) -> tuple[str, bytes] | None:
 def decode_map(name: str, spec: ModalitySpec, ext: str, data: bytes, depth_unit: float) -> np.ndarray:
     """One modality's map as ``[H, W, C]`` uint8 (pixels), ``[H, W]`` float32 metres (depth) or int64 ids."""
     if ext == "npy":
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            raise ValueError(f"{name}.npy is not a numeric .npy array (an object array or not numpy at all); "
+                             "write it with numpy.save of a float or integer array") from None
     else:
         with open_image(data, f"{name}.{ext}") as image:
             if spec.kind == "pixels":
@@ -86,6 +90,11 @@ def decode_map(name: str, spec: ModalitySpec, ext: str, data: bytes, depth_unit:
             raise ValueError(f"{name} has {array.shape[-1]} channels, the model expects {spec.channels}")
         return array
     if array.ndim == 3:
+        if array.shape[-1] > 1 and not (array == array[..., :1]).all():
+            what = "class ids" if spec.kind == "classes" else "depths"
+            raise ValueError(f"{name}.{ext} has {array.shape[-1]} different channels; a {spec.kind} map holds one "
+                             f"value per pixel ({what}): save it as a grey, 16-bit or palette image (colour-coded "
+                             "labels must be mapped to ids first)")
         array = array[..., 0]
     if spec.kind == "depth":
         depth = array.astype(np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mimx.config import name_list
+from mimx.config import UserError, name_list
 from mimx.data.sources import first_decoded
 from mimx.modalities.multimodal.data import MultiDataConfig, MultiDecoder
 from mimx.modalities.multimodal.evaluate import load_multimae
@@ -21,6 +21,9 @@ def visualize(checkpoint: str | Path, sources: list[str], out: str | Path, *, co
     ``inputs``: show what the model predicts from only these modalities (the others are withheld).
     """
     model = load_multimae(checkpoint)
+    unknown = [n for n in inputs or [] if n not in model.inputs]
+    if unknown:
+        raise UserError(f"--inputs {unknown} are not input modalities of this model; choose among {model.inputs}")
     cfg = MultiDataConfig(image_size=model.config.img_size, missing="allow")
     decoder = MultiDecoder(cfg, model.specs, train=False)
     items, _ = first_decoded(sources, decoder, count, (".tar",), "aligned sample")
