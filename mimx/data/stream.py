@@ -77,6 +77,21 @@ class SkipLog:
         self.repeats = int(state.get("repeats", 0))
 
 
+def _origin(sample: dict[str, Any]) -> str:
+    """`` (from <file>)`` when the sample's json names the file it was written from (the shard writers do)."""
+    raw = sample.get("json")
+    if not isinstance(raw, bytes | str) or len(raw) > 1 << 16:
+        return ""
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return ""
+    if not isinstance(meta, dict):
+        return ""
+    parts = [str(meta[k]) for k in ("source", "file") if isinstance(meta.get(k), str) and meta[k]]
+    return f" (from {'/'.join(parts)})" if parts else ""
+
+
 def _short(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:  # args[0] is the errno
         text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
@@ -247,7 +262,8 @@ class ShardStream(IterableDataset):
                 try:
                     item = self.decode(sample, sample_rng)
                 except Exception as exc:  # a corrupt sample never stops the stream
-                    pending.append(f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}: {_short(exc)}")
+                    pending.append(f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}{_origin(sample)}: "
+                                   f"{_short(exc)}")
                     continue
                 if item is None:
                     continue
