@@ -166,7 +166,7 @@ def hypersim_samples(root: Path, frames: list[tuple[str, str, int]], split: str,
 
 def convert_hypersim(root: str | Path, split_csv: str | Path, out: str | Path, *,
                      camera_params: str | Path | None = None, short_side: int | None = None,
-                     prefix: str = "hypersim", overwrite: bool = False) -> dict[str, dict]:
+                     prefix: str = "hypersim", overwrite: bool = False, max_size: str = "64MB") -> dict[str, dict]:
     """The Hypersim scenes under ``root`` -> ``out/{train,val,test}`` shards (see the module doc)."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
@@ -190,7 +190,7 @@ def convert_hypersim(root: str | Path, split_csv: str | Path, out: str | Path, *
         skipped: list[str] = []
         report[split] = write_dataset(out / split, prefix, hypersim_samples(root, here, split, cameras, short_side,
                                                                            skipped),
-                                      NYU40_CLASSES, max_size="256MB", max_count=100_000, overwrite=overwrite,
+                                      NYU40_CLASSES, max_size=max_size, max_count=100_000, overwrite=overwrite,
                                       skipped=skipped, what=f"{len(here)} {split} frames under {root}")
     return report
 
@@ -204,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera-params", help="metadata_camera_parameters.csv (per-scene M_cam_from_uv)")
     parser.add_argument("--short-side", type=int, help="resize so the short side has this many pixels")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--max-size", default="64MB",
+                        help="target shard size (default 64MB: several shards, so several data workers, even for "
+                             "small sets)")
     args = parser.parse_args(argv)
     try:
         report = convert_hypersim(args.root, args.split_csv, args.out, camera_params=args.camera_params,
-                                  short_side=args.short_side, overwrite=args.overwrite)
+                                  short_side=args.short_side, overwrite=args.overwrite,
+                                  max_size=args.max_size)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -166,7 +166,7 @@ def nyu_samples(f: Any, indices: np.ndarray, split: str, classes: ClassMap, *, d
 
 def convert_nyuv2(labeled: str | Path, splits: str | Path, out: str | Path, *, class_map: str | Path | None = None,
                   depth: str = "filled", crop: bool = False, short_side: int | None = None, prefix: str = "nyuv2",
-                  overwrite: bool = False) -> dict[str, dict]:
+                  overwrite: bool = False, max_size: str = "64MB") -> dict[str, dict]:
     """NYU's labelled ``.mat`` + ``splits.mat`` -> ``out/train`` and ``out/test`` shards (see the module doc)."""
     if depth not in DEPTHS:
         raise UserError(f"depth={depth!r}; choose one of {', '.join(DEPTHS)}")
@@ -193,7 +193,7 @@ def convert_nyuv2(labeled: str | Path, splits: str | Path, out: str | Path, *, c
             skipped: list[str] = []
             samples = nyu_samples(f, indices, split, classes, depth=depth, crop=crop, short_side=short_side,
                                   skipped=skipped)
-            report[split] = write_dataset(out / split, prefix, samples, classes.names, max_size="256MB",
+            report[split] = write_dataset(out / split, prefix, samples, classes.names, max_size=max_size,
                                           max_count=100_000, overwrite=overwrite, skipped=skipped,
                                           what=f"{len(indices)} {split} images of {labeled}")
     return report
@@ -212,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", action="store_true", help="keep only Eigen et al.'s region with valid depth")
     parser.add_argument("--short-side", type=int, help="resize so the short side has this many pixels")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--max-size", default="64MB",
+                        help="target shard size (default 64MB: several shards, so several data workers, even for "
+                             "small sets)")
     args = parser.parse_args(argv)
     try:
         report = convert_nyuv2(args.labeled, args.splits, args.out, class_map=args.class_map, depth=args.depth,
-                               crop=args.crop, short_side=args.short_side, overwrite=args.overwrite)
+                               crop=args.crop, short_side=args.short_side, overwrite=args.overwrite,
+                               max_size=args.max_size)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

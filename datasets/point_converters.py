@@ -76,7 +76,7 @@ def scanobjectnn_samples(path: Path, split: str) -> Iterator[dict[str, Any]]:
 
 
 def convert_scanobjectnn(train: str | Path, test: str | Path, out: str | Path, *, prefix: str = "scanobjectnn",
-                         overwrite: bool = False) -> dict[str, dict]:
+                         overwrite: bool = False, max_size: str = "64MB") -> dict[str, dict]:
     """ScanObjectNN ``train`` and ``test`` .h5 files -> ``out/train`` and ``out/test`` shards."""
     out = Path(out)
     report = {}
@@ -85,7 +85,7 @@ def convert_scanobjectnn(train: str | Path, test: str | Path, out: str | Path, *
         _check_scanobjectnn(path)
     for split, path in pairs:
         report[split] = write_dataset(out / split, prefix, scanobjectnn_samples(path, split), SCANOBJECTNN_CLASSES,
-                                      max_size="256MB", max_count=100_000, overwrite=overwrite, skipped=[],
+                                      max_size=max_size, max_count=100_000, overwrite=overwrite, skipped=[],
                                       what=f"clouds in {path}")
     return report
 
@@ -113,7 +113,7 @@ def shapenet_samples(names: list[str], clouds: Path, synsets: list[str], split: 
 
 
 def convert_shapenet(lists: str | Path, clouds: str | Path, out: str | Path, *, prefix: str = "shapenet",
-                     overwrite: bool = False) -> dict[str, dict]:
+                     overwrite: bool = False, max_size: str = "64MB") -> dict[str, dict]:
     """ShapeNet-55/34 (``lists``: folder with ``train.txt``/``test.txt``; ``clouds``: the .npy folder) -> shards."""
     lists, clouds, out = Path(lists), Path(clouds), Path(out)
     splits = {split: _read_list(lists / f"{split}.txt") for split in ("train", "test")}
@@ -122,7 +122,7 @@ def convert_shapenet(lists: str | Path, clouds: str | Path, out: str | Path, *, 
     for split, names in splits.items():
         skipped: list[str] = []
         report[split] = write_dataset(out / split, prefix, shapenet_samples(names, clouds, synsets, split, skipped),
-                                      synsets, max_size="256MB", max_count=100_000, overwrite=overwrite,
+                                      synsets, max_size=max_size, max_count=100_000, overwrite=overwrite,
                                       skipped=skipped, what=f"{len(names)} clouds of {lists / split}.txt")
     return report
 
@@ -223,7 +223,7 @@ def modelnet_mesh_samples(files: list[tuple[Path, int]], root: Path, classes: li
 
 
 def convert_modelnet(root: str | Path, out: str | Path, *, subset: str | None = None, points: int = MODELNET_POINTS,
-                     prefix: str = "modelnet", overwrite: bool = False) -> dict[str, dict]:
+                     prefix: str = "modelnet", overwrite: bool = False, max_size: str = "64MB") -> dict[str, dict]:
     """ModelNet40/10 (``modelnet40_normal_resampled`` or the ``.off`` release, detected) -> ``out/{train,test}``."""
     root, out = Path(root), Path(out)
     if subset is not None and subset not in MODELNET_SUBSETS:
@@ -239,7 +239,7 @@ def convert_modelnet(root: str | Path, out: str | Path, *, subset: str | None = 
             names = _modelnet_list(root / f"{subset}_{split}.txt", classes, class_file)
             skipped: list[str] = []
             samples = modelnet_resampled_samples(root, names, classes, split, skipped)
-            report[split] = write_dataset(out / split, prefix, samples, classes, max_size="256MB", max_count=100_000,
+            report[split] = write_dataset(out / split, prefix, samples, classes, max_size=max_size, max_count=100_000,
                                           overwrite=overwrite, skipped=skipped,
                                           what=f"{len(names)} clouds of {root / f'{subset}_{split}.txt'}")
         return report
@@ -253,7 +253,7 @@ def convert_modelnet(root: str | Path, out: str | Path, *, subset: str | None = 
                             "folders of .off files in each class folder")
         skipped = []
         samples = modelnet_mesh_samples(files, root, classes, split, points, skipped)
-        report[split] = write_dataset(out / split, prefix, samples, classes, max_size="256MB", max_count=100_000,
+        report[split] = write_dataset(out / split, prefix, samples, classes, max_size=max_size, max_count=100_000,
                                       overwrite=overwrite, skipped=skipped,
                                       what=f"{len(files)} meshes in {root}/<class>/{split}")
     return report
@@ -280,15 +280,20 @@ def main(argv: list[str] | None = None) -> int:
                           help=f"surface points sampled per mesh (default {MODELNET_POINTS}; .off layout only)")
     for p in (scan, shapenet, modelnet):
         p.add_argument("--overwrite", action="store_true")
+        p.add_argument("--max-size", default="64MB",
+                        help="target shard size (default 64MB: several shards, so several data workers, even for "
+                             "small sets)")
     args = parser.parse_args(argv)
     try:
         if args.layout == "scanobjectnn":
-            report = convert_scanobjectnn(args.train, args.test, args.out, overwrite=args.overwrite)
+            report = convert_scanobjectnn(args.train, args.test, args.out, overwrite=args.overwrite,
+                                          max_size=args.max_size)
         elif args.layout == "shapenet":
-            report = convert_shapenet(args.lists, args.clouds, args.out, overwrite=args.overwrite)
+            report = convert_shapenet(args.lists, args.clouds, args.out, overwrite=args.overwrite,
+                                      max_size=args.max_size)
         else:
             report = convert_modelnet(args.root, args.out, subset=args.subset, points=args.points,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, max_size=args.max_size)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
