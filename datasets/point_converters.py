@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in (scan, shapenet, modelnet):
         p.add_argument("--overwrite", action="store_true")
         p.add_argument("--max-size", default="64MB",
-                        help="target shard size (default 64MB: several shards, so several data workers, even for "
-                             "small sets)")
+                       help="target shard size (default 64MB: several shards, so several data workers, even for "
+                            "small sets)")
     args = parser.parse_args(argv)
     try:
         if args.layout == "scanobjectnn":
