@@ -271,6 +271,11 @@ class Trainer:
         if state.get("scaler") and self.precision.scaler.is_enabled():
             self.precision.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        planned = state.get("total_steps")
+        if planned is not None and int(planned) != self.total_steps and self.dist.is_main:
+            print(f"[mimx] the run was planned for {planned} steps, now {self.total_steps}: the lr schedule "
+                  f"(warm-up, cosine) is recomputed for {self.total_steps}, so the lr from step {self.step} on "
+                  "differs from the original plan", file=sys.stderr)
         ranks = state.get("ranks", [])
         if len(ranks) == self.dist.world:
             mine = ranks[self.dist.rank]
