@@ -85,7 +85,8 @@ class LinearConfig:
 
 def check_same_classes(parts: dict[str, list[str]]) -> None:
     """Refuse parts whose ``classes.json`` (beside their shards, as ``mimx <modality> shards`` writes it) give
-    one name different ids: splits written from separate class folders each number their own folders."""
+    one id different names: splits written from separate class folders each number their own folders. One list
+    may be longer (a split without the last classes); the shared ids must name the same classes."""
     found = {}
     for key, urls in parts.items():
         local = next((u for u in urls if not is_remote(u)), None)
@@ -95,11 +96,11 @@ def check_same_classes(parts: dict[str, list[str]]) -> None:
     items = list(found.items())
     for key, (path, names) in items[1:]:
         first_key, (first_path, first) = items[0]
-        clash = [n for n in set(names) & set(first) if names.index(n) != first.index(n)]
-        if clash:
-            raise UserError(f"{key}'s {path} and {first_key}'s {first_path} give class {clash[0]!r} different ids "
-                            f"({names.index(clash[0])} vs {first.index(clash[0])}): the splits were written from "
-                            f"class folders of their own. Rewrite {key}'s shards with `mimx <modality> shards SRC OUT "
+        clash = next((i for i, (a, b) in enumerate(zip(names, first, strict=False)) if a != b), None)
+        if clash is not None:
+            raise UserError(f"{key}'s {path} and {first_key}'s {first_path} disagree on class id {clash} "
+                            f"({names[clash]!r} vs {first[clash]!r}): the splits were written from class folders "
+                            f"of their own. Rewrite {key}'s shards with `mimx <modality> shards SRC OUT "
                             f"--classes {first_path}`")
 
 
@@ -191,6 +192,7 @@ class EvalData:
         total = SkipLog()
         for state in gather_objects(self.skips.state_dict()):
             total.count += state["count"]
+            total.repeats += state.get("repeats", 0)
             total.examples += state["examples"][: max(0, total.keep - len(total.examples))]
         return total.state_dict()
 

@@ -132,6 +132,21 @@ def test_truncated_shard_is_reported_and_reading_goes_on(tmp_path):
     assert dataset_size(w.shards) == 35  # the 15 the stream reads, and the 20 of the whole shard
 
 
+def test_a_cut_inside_member_data_keeps_every_whole_sample_and_the_count_agrees(tmp_path):
+    with ShardWriter(tmp_path / "t", max_count=20) as w:
+        for i in range(20):
+            w.write({"__key__": f"s{i:03d}", "txt": f"{i:<2000}"})  # 2 kB members: most cuts fall in data
+    data = Path(w.shards[0]).read_bytes()
+    Path(w.shards[0]).with_suffix(".json").unlink()
+    for cut in (2560 * 5 + 700, 2560 * 12 + 1500, 2560 * 19 + 100):  # inside the data of samples 5, 12, 19
+        Path(w.shards[0]).write_bytes(data[:cut])
+        stream = ShardStream(w.shards, _index_decoder, batch_size=1, shuffle=0, epochs=1)
+        loader = StreamLoader(stream, num_workers=0)
+        seen = sorted(int(b["idx"]) for b in loader)
+        assert seen == list(range(len(seen))) and dataset_size(w.shards) == len(seen), cut
+        assert loader.skips.count == 1 and "truncated" in loader.skips.report(), loader.skips.report()
+
+
 def _hangs_on_seven(sample, rng):
     if int(sample["txt"].decode()) == 7:  # a decoder stuck in native code never returns (decord on some videos)
         import time
@@ -224,7 +239,7 @@ def test_splits_written_apart_keep_class_ids_with_classes_and_mismatches_are_ref
     write_image_shards(tmp_path / "train", tmp_path / "train_shards")
     write_image_shards(tmp_path / "test", tmp_path / "own_ids")  # dog is 1 here, 2 in train
     train = expand_shards(str(tmp_path / "train_shards"))
-    with pytest.raises(UserError, match="class 'dog' different ids .1 vs 2.*--classes .*train_shards/classes.json"):
+    with pytest.raises(UserError, match="disagree on class id 1 .'dog' vs 'cat'.*--classes .*train_shards/classes.j"):
         check_same_classes({"data.train": train, "data.test": expand_shards(str(tmp_path / "own_ids"))})
     from mimx.cli import main
 
@@ -237,6 +252,13 @@ def test_splits_written_apart_keep_class_ids_with_classes_and_mismatches_are_ref
         with tarfile.open(shard) as tar:
             labels += [int(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".cls")]
     assert sorted(labels) == [0, 2]
+    lists = {}
+    for last in ("fox", "wolf"):  # one id, two names
+        (tmp_path / last).mkdir()
+        (tmp_path / last / "classes.json").write_text(json.dumps(["cat", "dog", last]))
+        lists[last] = [str(tmp_path / last / "s-000000.tar")]
+    with pytest.raises(UserError, match="disagree on class id 2 .'wolf' vs 'fox'"):
+        check_same_classes({"data.train": lists["fox"], "data.test": lists["wolf"]})
     (tmp_path / "test" / "fish").mkdir()
     with pytest.raises(UserError, match=r"class folder\(s\) \['fish'\] .* are not in the given class list"):
         write_image_shards(tmp_path / "test", tmp_path / "x", classes_file=tmp_path / "train_shards" / "classes.json")

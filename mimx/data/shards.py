@@ -123,21 +123,18 @@ def sample_key(name: str) -> tuple[str, str]:
 def count_samples(url: str) -> int:
     """Samples in one local shard, from the tar headers only (no data is read).
 
-    A shard cut short counts the samples before the cut (the stream reads those and reports the cut);
-    one that is no tar at all raises ``tarfile.TarError``.
+    A shard cut short counts the samples with a member whole before the cut (what the stream yields; it
+    reports the cut); one that is no tar at all raises ``tarfile.TarError``.
     """
     keys: set[str] = set()
-    last = ""
+    size = os.path.getsize(url) if url.endswith(".tar") else None  # offsets of a compressed tar are not sizes
     with tarfile.open(url, "r:*") as tar:
         try:
             for member in tar:
-                if member.isreg() and not os.path.basename(member.name).startswith("__"):
-                    last = sample_key(member.name)[0]
-                    keys.add(last)
-        except (tarfile.ReadError, EOFError):
-            if not keys:
-                raise
-            keys.discard(last)  # the sample the cut went through
+                whole = size is None or member.offset_data + member.size <= size
+                if member.isreg() and whole and not os.path.basename(member.name).startswith("__"):
+                    keys.add(sample_key(member.name)[0])
+        except (tarfile.ReadError, EOFError):  # opened as a tar, so cut short (garbage fails in tarfile.open)
             print(f"[mimx] data: shard {url} is truncated; counting the {len(keys)} sample(s) before the cut",
                   file=sys.stderr)
     return len(keys)

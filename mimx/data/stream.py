@@ -233,9 +233,20 @@ class ShardStream(IterableDataset):
                     skips.append(f"shard {url}: {_short(exc)}")
                 return True
 
+            def files(url: str = url, stream: TailCheckedStream = stream,
+                      cut: list[bool] = cut) -> Iterator[dict[str, Any]]:
+                read = 0
+                try:
+                    for f in tar_file_iterator(stream, handler=handler):
+                        read += 1
+                        yield {**f, "__url__": url}
+                except (tarfile.ReadError, EOFError) as exc:  # the next header lies past the cut: end here,
+                    if not read and "unexpected end" not in str(exc):  # so the sample group_by_keys holds is
+                        raise                                             # still yielded (garbage: not a tar)
+                    cut[0] = True
+
             try:
-                files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=handler))
-                yield from group_by_keys(files, handler=handler)
+                yield from group_by_keys(files(), handler=handler)
                 if cut[0] or not stream.ended_cleanly():
                     skips.append(truncated)
             except Exception as exc:

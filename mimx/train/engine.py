@@ -73,9 +73,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UserError naming the first key whose value cannot make a run."""
-        optional_counts = {"steps": self.steps, "stop_at_step": self.stop_at_step, "keep_every": self.keep_every}
+        optional_counts = {"steps": self.steps, "stop_at_step": self.stop_at_step}
         checks = [(v is None or v >= 1, k, "at least 1 (or null)") for k, v in optional_counts.items()]
         checks += [
+            (self.keep_every is None or self.keep_every >= 0, "keep_every", ">= 0 (0 or null: off)"),
             (self.steps is not None or self.epochs > 0, "epochs", "> 0 (or set train.steps)"),
             (self.batch_size >= 1, "batch_size", "at least 1"),
             (self.accum_steps >= 1, "accum_steps", "at least 1"),
@@ -86,7 +87,7 @@ class TrainConfig:
             (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", ">= 0 (or null)"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "[beta1, beta2], each in [0, 1)"),
-            (self.clip_grad is None or self.clip_grad > 0, "clip_grad", "> 0 (or null: no clipping)"),
+            (self.clip_grad is None or self.clip_grad >= 0, "clip_grad", ">= 0 (0 or null: no clipping)"),
             (self.log_every >= 1, "log_every", "at least 1"),
             (self.ckpt_every >= 0, "ckpt_every", ">= 0 (0: only at the end)"),
             (self.figure_every >= 0, "figure_every", ">= 0 (0: no figures)"),

@@ -15,7 +15,7 @@ from torch import nn
 from mimx.config import UserError, to_plain
 from mimx.data.stream import ShardStream, StreamLoader
 from mimx.train.checkpoint import seed_everything
-from mimx.train.distributed import DistInfo, init_distributed, shutdown
+from mimx.train.distributed import DistInfo, gather_objects, init_distributed, shutdown
 from mimx.train.engine import Task, TrainConfig, Trainer, TrainResult
 
 # (dist) -> (model, stream, samples per epoch, task); called after the seeds are set
@@ -29,8 +29,15 @@ def run_pretraining(cfg: DictConfig, train: TrainConfig, build: Build, *, num_wo
     lock = None
     try:
         run_dir = Path(cfg.run.dir)
+        busy = ""
         if dist.is_main:
-            lock = lock_run(run_dir)
+            try:
+                lock = lock_run(run_dir)
+            except UserError as exc:
+                busy = str(exc)
+        busy = gather_objects(busy)[0]  # the main process's verdict, on every rank
+        if busy:
+            raise UserError(busy)
         seed_everything(train.seed)
         model, stream, samples, task = build(dist)
         loader = StreamLoader(stream, num_workers=num_workers, pin_memory=dist.device.type == "cuda",
@@ -66,6 +73,10 @@ def lock_run(run_dir: Path) -> IO[str]:
         handle.close()
         raise UserError(f"{run_dir} is in use by a running training ({owner}); wait for it, stop it, or give "
                         "this run another run.dir") from None
+    except OSError as exc:  # a file system without flock (some network and FUSE mounts): run unlocked
+        print(f"[mimx] warning: {run_dir} cannot be locked ({exc.strerror or exc}); do not start a second run in "
+              "it while this one trains", file=sys.stderr)
+        return handle
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

@@ -82,6 +82,8 @@ def decode_map(name: str, spec: ModalitySpec, ext: str, data: bytes, depth_unit:
             if spec.kind == "pixels":
                 image = image.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(spec.channels, "RGB"))
             array = np.asarray(image)
+            if spec.kind != "pixels" and image.mode in ("LA", "PA", "RGBA") and array.ndim == 3:
+                array = array[..., :-1]  # a map's alpha channel carries no value
     if spec.kind == "pixels":
         if array.dtype != np.uint8:
             array = (np.clip(array.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)

@@ -44,6 +44,7 @@ class MultiPretrainTask:
         self.present: torch.Tensor | None = None  # per modality: samples (this process) that held it
         self.seen = 0
         self.names: list[str] = []
+        self.world = 1
 
     def meta(self) -> dict[str, Any]:
         return {"architecture": self.config.architecture(), "model_config": dataclasses.asdict(self.config),
@@ -75,6 +76,7 @@ class MultiPretrainTask:
         self.present = counts if first else self.present + counts
         self.seen += present.shape[0]
         self.names = names
+        self.world = ctx.world
         absent = [n for n, c in zip(names, counts.tolist(), strict=True) if c == 0]
         if first and absent and ctx.rank == 0:
             print(f"[mimx] warning: {', '.join(absent)} missing from every sample of the first batch: its loss is "
@@ -86,7 +88,8 @@ class MultiPretrainTask:
         if self.present is None:
             return ""
         pairs = zip(self.names, self.present.tolist(), strict=True)
-        return "samples holding each modality: " + ", ".join(f"{n} {c}/{self.seen}" for n, c in pairs)
+        share = f" (this process's share; {self.world} processes)" if self.world > 1 else ""
+        return f"samples holding each modality{share}: " + ", ".join(f"{n} {c}/{self.seen}" for n, c in pairs)
 
     def figure(self, model: MultiMAE, path: Path) -> None:
         if self.figure_batch is None:

@@ -129,13 +129,13 @@ def _ply_uniform(element: _PlyElement, data: bytes, at: int, order: str, where: 
     n = int(np.frombuffer(data, order + count_kind, 1, at + head.itemsize)[0])
     if n < 0:
         return None
-    fields = [(p, order + k) for p, k, _ in element.props[:where]] + [("_n", order + count_kind)]
+    fields = [(p, order + k) for p, k, _ in element.props[:where]] + [("\x00count", order + count_kind)]
     fields += [(name, order + kind, (n,))] + [(p, order + k) for p, k, _ in element.props[where + 1:]]
     dtype = np.dtype(fields)
     if len(data) - at < dtype.itemsize * element.count:
         return None
     rows = np.frombuffer(data, dtype=dtype, count=element.count, offset=at)
-    if not np.all(rows["_n"] == n):
+    if not np.all(rows["\x00count"] == n):
         return None
     return {p: rows[p] for p, _, _ in element.props}, at + dtype.itemsize * element.count
 
