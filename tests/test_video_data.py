@@ -262,20 +262,25 @@ def test_file_list_stream(tmp_path, clip_bytes):
     for i in range(3):
         (tmp_path / "clips" / f"c{i}.mp4").write_bytes(clip_bytes)
     listing = tmp_path / "train.csv"
+    (tmp_path / "clips" / "junk.mp4").write_bytes(b"not a video")
     listing.write_text("path,label\nclips/c0.mp4,4\nclips/c1.mp4, 5\n\nclips/missing.mp4,6\n"
-                       f"{tmp_path / 'clips' / 'c2.mp4'},7\n")
+                       f"{tmp_path / 'clips' / 'c2.mp4'},7\nclips/junk.mp4,8\n")
     items = read_file_list(listing)
     assert [(p.name, label) for p, label in items] == [("c0.mp4", 4), ("c1.mp4", 5), ("missing.mp4", 6),
-                                                       ("c2.mp4", 7)]
+                                                       ("c2.mp4", 7), ("junk.mp4", 8)]
     assert items[0][0] == tmp_path / "clips" / "c0.mp4"
     cfg = _cfg(list=str(listing), clip_len=4, rate=2, image_size=16, shuffle=1)
     stream = video_stream(cfg, VideoDecoder(cfg), batch_size=2, epochs=1)
     assert isinstance(stream, FileListStream)
     labels, skips = _drain(stream)
-    assert sorted(labels) == [4, 5, 7] and len(skips) == 1 and "missing.mp4" in skips[0]
+    assert sorted(labels) == [4, 5, 7] and len(skips) == 2
+    missing = next(s for s in skips if "missing.mp4" in s)
+    assert f"No such file or directory: {tmp_path / 'clips' / 'missing.mp4'}" in missing  # the text, not errno 2
+    assert any(f"(from {tmp_path / 'clips' / 'junk.mp4'})" in s for s in skips)  # the listed file's whole path
     # every file once per epoch over 2 workers, in a per-epoch order
     parts = [stream.epoch_items(0, w, 2) for w in range(2)]
-    assert sorted(p.name for part in parts for p, _ in part) == ["c0.mp4", "c1.mp4", "c2.mp4", "missing.mp4"]
+    assert sorted(p.name for part in parts for p, _ in part) == ["c0.mp4", "c1.mp4", "c2.mp4", "junk.mp4",
+                                                                 "missing.mp4"]
     bad = tmp_path / "bad.txt"
     bad.write_text("a.mp4 1\nb.mp4 one\n")
     with pytest.raises(UserError, match=r"bad.txt line 2"):

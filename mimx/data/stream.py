@@ -78,7 +78,9 @@ class SkipLog:
 
 
 def _origin(sample: dict[str, Any]) -> str:
-    """`` (from <file>)`` when the sample's json names the file it was written from (the shard writers do)."""
+    """`` (from <file>)``: a listed file's path, or the file a shard sample was written from (its json's)."""
+    if sample.get("__file__"):
+        return f" (from {sample['__file__']})"
     raw = sample.get("json")
     if not isinstance(raw, bytes | str) or len(raw) > 1 << 16:
         return ""
@@ -423,7 +425,7 @@ class FileListStream(ShardStream):
             except OSError as exc:  # missing or unreadable file: counted, never fatal
                 skips.append(f"{self.list_path}: {file}: {_short(exc)}")
                 continue
-            sample: dict[str, Any] = {"__key__": file.stem, "__url__": self.list_path,
+            sample: dict[str, Any] = {"__key__": file.stem, "__url__": self.list_path, "__file__": str(file),
                                       file.suffix.lstrip(".").lower(): data}
             if label >= 0:
                 sample["cls"] = str(label).encode()

@@ -62,13 +62,14 @@ def aligned_samples(groups: dict[tuple[str, str], dict[str, Path]], classes: lis
     for number, ((cls, stem), files) in enumerate(groups.items()):
         sample: dict[str, Any] = {"__key__": f"{number:08d}"}
         sizes = {}
+        path = None
         try:
             for modality, path in files.items():
                 data = path.read_bytes()
                 sizes[modality] = map_size(path, data)
                 sample[f"{modality}{path.suffix.lower()}"] = data
         except Exception as exc:  # an unreadable map skips its sample, never the run
-            skipped.append(f"{stem}: {type(exc).__name__}: {exc}"[:300])
+            skipped.append(f"{path or stem}: {type(exc).__name__}: {exc}"[:300])
             continue
         if len(set(sizes.values())) > 1:
             skipped.append(f"{stem}: maps differ in size {sizes}; resize them to one size")
