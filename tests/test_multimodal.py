@@ -311,6 +311,15 @@ def test_shards_command_from_aligned_folders(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "wrote 3 aligned samples (2 classes)" in captured.out and "differ in size" in captured.err
     assert json.loads((out / "classes.json").read_text()) == ["kitchen", "office"]
+    order = tmp_path / "classes.json"  # another split's numbering: office is 0 there
+    order.write_text(json.dumps(["office", "bath", "kitchen"]))
+    assert main(["multimodal", "shards", str(src), str(tmp_path / "renumbered"), "--classes", str(order)]) == 0
+    capsys.readouterr()
+    labels = []
+    for shard in sorted((tmp_path / "renumbered").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            labels += [int(tar.extractfile(m).read()) for m in tar if m.name.endswith(".cls")]
+    assert sorted(labels) == [0, 2, 2]  # the office sample with a map of another size is skipped
     specs = tiny(modalities={"rgb": {"kind": "pixels"}, "depth": {"kind": "depth"},
                              "semseg": {"kind": "classes", "num_classes": 5}}).specs
     cfg = MultiDataConfig(shards=str(out), image_size=16, shuffle=0)

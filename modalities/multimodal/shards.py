@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mimx.config import UserError, name_list
-from mimx.data.shards import add_shard_arguments, print_summary, write_dataset
+from mimx.data.shards import add_shard_arguments, print_summary, read_class_names, write_dataset
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
 
@@ -83,12 +83,23 @@ def aligned_samples(groups: dict[tuple[str, str], dict[str, Path]], classes: lis
 
 def write_multimodal_shards(src: str | Path, out: str | Path, modalities: list[str], *, prefix: str = "aligned",
                             max_size: str | int = "256MB", max_count: int = 100_000, shuffle: bool = True,
-                            seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
-    """Write ``OUT/<prefix>-NNNNNN.tar``; returns ``{"shards", "samples", "classes", "skipped"}``."""
+                            seed: int = 0, overwrite: bool = False,
+                            classes_file: str | Path | None = None) -> dict[str, Any]:
+    """Write ``OUT/<prefix>-NNNNNN.tar``; returns ``{"shards", "samples", "classes", "skipped"}``.
+
+    ``classes_file``: another split's ``classes.json``, numbering the class folders as that split does.
+    """
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder of modality folders")
     groups, classes = index_folders(src, modalities)
+    if classes_file:
+        given = read_class_names(Path(classes_file))
+        unknown = [c for c in classes if c not in given]
+        if unknown:
+            raise UserError(f"class folder(s) {unknown[:5]} of {src} are not in {classes_file}; add them there or "
+                            "leave them out")
+        classes = given
     if shuffle:
         items = list(groups.items())
         random.Random(seed).shuffle(items)
@@ -109,6 +120,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     summary = write_multimodal_shards(args.src, args.out, name_list(args.modalities),
                                       prefix=args.prefix, max_size=args.max_size, max_count=args.max_count,
-                                      shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite)
+                                      shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite,
+                                      classes_file=args.classes)
     print_summary(summary, args.out, "aligned samples")
     return 0
