@@ -94,13 +94,7 @@ def list_files(src: Path, suffixes: Collection[str], what: str = "files",
         raise UserError(f"{src} is not a folder; give a folder of {what} or of class subfolders, or a .csv/.txt "
                         "list of 'path label' lines")
     folders = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
-        classes = folders
-    unknown = [name for name in folders if name not in classes]
-    if unknown:
-        raise UserError(f"class folder(s) {unknown[:5]} of {src} are not in the given class list "
-                        f"({len(classes)} names); add them there or leave them out")
-    classes = list(classes)
+    classes = class_order(folders, classes, src)
     items: list[tuple[Path, int]] = []
     for name in folders:
         index = classes.index(name)
@@ -109,6 +103,18 @@ def list_files(src: Path, suffixes: Collection[str], what: str = "files",
     if not items:
         raise UserError(f"no {what} ({', '.join(sorted(suffixes))}) found in {src}")
     return items, classes
+
+
+def class_order(folders: Sequence[str], given: Sequence[str] | None, src: Path) -> list[str]:
+    """The class names that number ``src``'s class ``folders``: ``given`` (another split's, every folder among
+    them) or the folders themselves, sorted."""
+    if given is None:
+        return sorted(folders)
+    unknown = [name for name in folders if name not in given]
+    if unknown:
+        raise UserError(f"class folder(s) {unknown[:5]} of {src} are not in the given class list "
+                        f"({len(given)} names); add them there or leave them out")
+    return list(given)
 
 
 def sample_key(name: str) -> tuple[str, str]:
@@ -310,12 +316,7 @@ def list_classes(path: Path, items: Sequence[tuple[Path, int]]) -> list[str]:
     order, as ``mimx.datasets.video_lists`` writes it); [] when there is none."""
     if not path.is_file():
         return []
-    try:
-        classes = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"cannot read {path} ({exc}); expected a JSON list of class names") from None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise UserError(f"{path} is not a JSON list of class names; fix or remove it")
+    classes = read_class_names(path)
     top = max(label for _, label in items)
     if top >= len(classes):
         raise UserError(f"{path} names {len(classes)} classes but the list beside it has label {top}; "
@@ -333,13 +334,12 @@ def list_sources(src: Path, suffixes: Collection[str], what: str = "files",
     """
     from mimx.data.stream import read_file_list
 
-    given = read_class_names(Path(classes_file)) if classes_file else None
     if src.is_file() and src.suffix.lower() in (".csv", ".txt"):
         items = read_file_list(src)
-        return items, list_classes(Path(classes_file) if classes_file else src.parent / "classes.json", items), \
-            src.parent
+        return items, list_classes(Path(classes_file or src.parent / "classes.json"), items), src.parent
     if src.is_file():
         raise UserError(f"{src} is neither a folder nor a .csv/.txt file list")
+    given = read_class_names(Path(classes_file)) if classes_file else None
     items, classes = list_files(src, suffixes, what, given)
     return items, classes, src
 
@@ -351,7 +351,7 @@ def read_class_names(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"cannot read {path} ({exc}); expected a JSON list of class names") from None
     if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
-        raise UserError(f"{path} is not a JSON list of class names")
+        raise UserError(f"{path} is not a JSON list of class names; fix or remove it")
     return names
 
 

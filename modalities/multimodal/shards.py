@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mimx.config import UserError, name_list
-from mimx.data.shards import add_shard_arguments, print_summary, read_class_names, write_dataset
+from mimx.data.shards import add_shard_arguments, class_order, print_summary, read_class_names, write_dataset
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
 
@@ -93,13 +93,7 @@ def write_multimodal_shards(src: str | Path, out: str | Path, modalities: list[s
     if not src.is_dir():
         raise UserError(f"{src} is not a folder of modality folders")
     groups, classes = index_folders(src, modalities)
-    if classes_file:
-        given = read_class_names(Path(classes_file))
-        unknown = [c for c in classes if c not in given]
-        if unknown:
-            raise UserError(f"class folder(s) {unknown[:5]} of {src} are not in {classes_file}; add them there or "
-                            "leave them out")
-        classes = given
+    classes = class_order(classes, read_class_names(Path(classes_file)) if classes_file else None, src)
     if shuffle:
         items = list(groups.items())
         random.Random(seed).shuffle(items)
