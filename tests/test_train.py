@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -369,4 +370,27 @@ def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(samples
     finally:
         held.close()
     assert run(tiny_overrides(tmp_path, samples, "train.steps=1")).step == 1  # released: the folder is free again
+
+
+def test_a_forked_worker_does_not_keep_the_run_folder_locked(tmp_path):
+    from mimx.train.launch import lock_run
+
+    held = lock_run(tmp_path)
+    ready, started = os.pipe()
+    child = os.fork()
+    if child == 0:  # a data-loader worker that outlives its training
+        os.write(started, b"1")  # the fork handlers have run
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"1"
+        held.close()  # the training ends (or is killed) while the worker still runs
+        again = lock_run(tmp_path)
+        assert again.owner() == f"pid {os.getpid()} on {socket.gethostname()}"
+        again.close()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(started)
 

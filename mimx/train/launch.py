@@ -7,7 +7,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -56,29 +56,62 @@ def run_pretraining(cfg: DictConfig, train: TrainConfig, build: Build, *, num_wo
         shutdown()
 
 
-def lock_run(run_dir: Path) -> IO[str]:
+class RunLock:
+    """The open ``.lock`` file of a run folder; :meth:`close` releases the lock.
+
+    A process forked while the lock is held (a data-loader worker) lets go of its copy at once, so a worker
+    that outlives a killed training cannot keep the folder locked."""
+
+    _held: ClassVar[set[RunLock]] = set()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by exec (PEP 446)
+        RunLock._held.add(self)
+
+    def owner(self) -> str:
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return os.read(self.fd, 4096).decode(errors="replace").strip()
+
+    def write_owner(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def close(self) -> None:
+        RunLock._held.discard(self)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @classmethod
+    def _drop_in_child(cls) -> None:
+        for lock in list(cls._held):  # the parent's lock stays: only this process's reference goes
+            lock.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=RunLock._drop_in_child)
+
+
+def lock_run(run_dir: Path) -> RunLock:
     """An exclusive lock on ``run_dir`` for this process's lifetime: a second run in the same folder would
     resume from the same checkpoint and overwrite the first one's, so it stops with a message instead."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the run ends
+    lock = RunLock(run_dir / ".lock")
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock
-        return handle
+        return lock
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
+        owner = lock.owner() or "another process"
+        lock.close()
         raise UserError(f"{run_dir} is in use by a running training ({owner}); wait for it, stop it, or give "
                         "this run another run.dir") from None
     except OSError as exc:  # a file system without flock (some network and FUSE mounts): run unlocked
         print(f"[mimx] warning: {run_dir} cannot be locked ({exc.strerror or exc}); do not start a second run in "
               "it while this one trains", file=sys.stderr)
-        return handle
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return handle
+        return lock
+    lock.write_owner()
+    return lock
