@@ -158,6 +158,29 @@ def test_inconsistent_files_raise_instead_of_returning_garbage(data, key, messag
         decode_points(data, key)
 
 
+def test_text_meshes_read_alike_through_the_table_and_record_paths():
+    """Uniform records go through numpy's table parser, mixed ones record by record: the same mesh either way."""
+    from mimx.modalities.points.formats import read_obj, read_off, read_ply
+
+    square = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]]
+    fan = [[0, 1, 2], [0, 2, 3]]
+    obj_v = "v 0 0 0 1 0 0\nv 1 0 0 1 0 0\nvt 0.5 0.5\n  v 1 1 0\nv\t0 1 0\nvn 0 0 1\n# f 9 9 9\n"
+    for faces in ("f 1/1/1 2/2/1 3//1\nf 1 3 4\n", "f 1 2 3\r\nf -4 -2 -1\n", "f 1 2 3 4\n", "f 1 2 3 4\ng x\n"):
+        vertices, triangles = read_obj((obj_v + faces).encode())
+        assert vertices.tolist() == square and triangles.tolist() == fan, faces
+    head = ("ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n"
+            "element face {}\nproperty list uchar int vertex_indices\nproperty uchar red\nend_header\n"
+            "0 0 0\n1 0 0\n1 1 0\n0 1 0\n")
+    for faces in ("3 0 1 2 9\n3 0 2 3 9\n", "4 0 1 2 3 9\n3 0 2 3 9\n"):
+        vertices, triangles = read_ply((head.format(faces.count("\n")) + faces).encode())
+        assert vertices.tolist() == square and triangles.tolist()[:2] == fan, faces
+    for faces in ("3 0 1 2\n3 0 2 3\n", "4 0 1 2 3\n3 0 2 3 1 0 0\n"):
+        vertices, triangles = read_off(f"OFF\n4 {faces.count(chr(10))} 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n{faces}".encode())
+        assert vertices.tolist() == square and triangles.tolist()[:2] == fan, faces
+    with pytest.raises(ValueError, match="refers to vertex 4"):  # ids checked on the table path too
+        read_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 5\n")
+
+
 def test_header_quirks_that_valid_files_have():
     from mimx.modalities.points.formats import read_off, read_pcd, read_ply
 

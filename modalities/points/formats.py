@@ -44,6 +44,26 @@ def _check_ids(triangles: np.ndarray, num_vertices: int) -> np.ndarray:
     return triangles
 
 
+def _table(rows: list[str], usecols: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """Text rows as one ``[R, C]`` float64 table (numpy's C parser), or None when they are ragged or not all
+    numbers: the callers then read record by record, which is slower but names the bad record."""
+    if not rows:
+        return None
+    try:
+        return np.loadtxt(rows, dtype=np.float64, comments=None, ndmin=2, usecols=usecols)
+    except ValueError:
+        return None
+
+
+def _uniform_lists(table: np.ndarray, column: int) -> int | None:
+    """The length every record's list has when ``column`` of ``table`` holds list lengths, else None."""
+    counts = table[:, column]
+    n = counts[0]
+    if n < 0 or n != int(n) or not np.all(counts == n) or column + 1 + int(n) > table.shape[1]:
+        return None
+    return int(n)
+
+
 # ---------------------------------------------------------------- PLY
 
 class _PlyElement:
@@ -140,11 +160,33 @@ def _ply_uniform(element: _PlyElement, data: bytes, at: int, order: str, where: 
     return {p: rows[p] for p, _, _ in element.props}, at + dtype.itemsize * element.count
 
 
+def _ply_ascii_table(element: _PlyElement, rows: list[str]) -> dict | None:
+    """The element's columns when every record has the same width (lists of one length): the common case."""
+    table = _table(rows)
+    if table is None:
+        return None
+    columns, k = {}, 0
+    for name, _, count_kind in element.props:
+        if k >= table.shape[1]:
+            return None
+        if count_kind is None:
+            columns[name], k = table[:, k], k + 1
+        else:
+            n = _uniform_lists(table, k)
+            if n is None:
+                return None
+            columns[name], k = table[:, k + 1:k + 1 + n].astype(np.int64), k + 1 + n
+    return columns if k == table.shape[1] else None
+
+
 def _ply_ascii(element: _PlyElement, lines: list[str], at: int) -> tuple[dict, int]:
     if len(lines) - at < element.count:
         raise ValueError(f"the header announces {element.count} {element.name} records, "
                          f"the file is truncated after {len(lines) - at}")
     rows = lines[at:at + element.count]
+    columns = _ply_ascii_table(element, rows)
+    if columns is not None:
+        return columns, at + element.count
     if all(count is None for _, _, count in element.props):
         width = len(element.props)
         words = [r.split() for r in rows]
@@ -313,11 +355,29 @@ def read_pcd(data: bytes) -> np.ndarray:
 
 # ---------------------------------------------------------------- OBJ, STL, OFF
 
+def _obj_table(text: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vertices and triangles when every ``v`` line has x y z and every face the same number of positive ids."""
+    vertices = _table(re.findall(r"^[ \t]*v[ \t]+([^\r\n]*)", text, re.M), usecols=(0, 1, 2))
+    if vertices is None:
+        return None
+    faces = re.findall(r"^[ \t]*f[ \t]+([^\r\n]*)", text, re.M)
+    if not faces:
+        return vertices, np.zeros((0, 3), dtype=np.int64)
+    ids = _table(re.sub(r"/\S*", "", "\n".join(faces)).split("\n"))  # "f 1/1/1 2/2/2 ..." keeps the vertex ids
+    if ids is None or ids.min() < 1 or not np.array_equal(ids, np.round(ids)):
+        return None  # mixed polygons or ids counted back from the end: read line by line
+    return vertices, _check_ids(fan_triangles(ids.astype(np.int64) - 1), len(vertices))
+
+
 def read_obj(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Vertices and triangles of a Wavefront OBJ (``v`` and ``f`` lines; ``f 1/2/3`` and negative ids)."""
+    text = data.decode("utf-8", errors="replace")
+    fast = _obj_table(text)
+    if fast is not None:
+        return fast
     vertices: list[list[float]] = []
     polygons: list[list[int]] = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         words = line.split()
         if not words:
             continue
@@ -378,9 +438,13 @@ def read_off(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     if len(rest) < 2:
         raise ValueError("the OFF header has no vertex and face counts")
     num_vertices, num_faces = int(rest[0]), int(rest[1])
-    rows = [line.split() for line in lines[at:at + num_vertices]]
+    table = _table(lines[at:at + num_vertices]) if len(lines) - at >= num_vertices else None
+    rows = [] if table is not None else [line.split() for line in lines[at:at + num_vertices]]
     widths = {len(r) for r in rows}
-    if len(rows) == num_vertices and min(widths, default=3) >= 3 and (min(widths) >= per_vertex or len(widths) == 1):
+    if table is not None and table.shape[1] >= 3:  # a vertex per line, all of one width
+        vertices = table
+        at += num_vertices
+    elif len(rows) == num_vertices and min(widths, default=3) >= 3 and (min(widths) >= per_vertex or len(widths) == 1):
         # a vertex per line (the spec), whatever follows its xyz (colours with or without alpha, extra values)
         vertices = np.asarray([r[:3] for r in rows], dtype=np.float64).reshape(num_vertices, 3)
         at += num_vertices
@@ -394,6 +458,10 @@ def read_off(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         if len(values) != num_vertices * per_vertex:
             raise ValueError(f"the {num_vertices} vertices do not end where a line does: not {per_vertex} values each")
         vertices = np.asarray(values, dtype=np.float64).reshape(num_vertices, per_vertex)
+    if len(lines) - at >= num_faces and (table := _table(lines[at:at + num_faces])) is not None:
+        n = _uniform_lists(table, 0)
+        if n is not None and np.array_equal(table[:, 1:n + 1], np.round(table[:, 1:n + 1])):
+            return vertices[:, :3], _check_ids(fan_triangles(table[:, 1:n + 1].astype(np.int64)), num_vertices)
     polygons = []
     for line in lines[at:at + num_faces]:
         words = line.split()
