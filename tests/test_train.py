@@ -73,6 +73,16 @@ def test_resume_gives_identical_weights(samples, tmp_path, mode):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
 
 
+def test_resuming_with_another_lr_schedule_says_what_changed(samples, tmp_path, capsys):
+    run(tiny_overrides(tmp_path, samples, "train.steps=6", "train.stop_at_step=2"))
+    run(tiny_overrides(tmp_path, samples, "train.steps=6", "train.stop_at_step=3"))  # the same plan: no note
+    assert "lr schedule differs" not in capsys.readouterr().err
+    run(tiny_overrides(tmp_path, samples, "train.steps=8", "train.warmup_steps=3", "train.stop_at_step=4"))
+    err = capsys.readouterr().err
+    assert ("the lr schedule differs from the one this run started with (steps 6 -> 8, warm-up steps 2 -> 3): "
+            "from step 3 on the lr follows the new one") in err
+
+
 def test_checkpoint_of_another_model_is_refused_clearly(samples, tmp_path):
     run(tiny_overrides(tmp_path, samples, "train.steps=2"))
     with pytest.raises(UserError, match=r"last.pt is from another model \(embed_dim: checkpoint 48 vs config 96"):

@@ -251,6 +251,11 @@ class Trainer:
     def _meta(self) -> dict[str, Any]:
         return {"modality": self.task.modality, **self.task.meta()}
 
+    def _schedule_plan(self) -> dict[str, float]:
+        """What the lr at each step depends on; a resumed run that changes any of it is told so."""
+        plan = self.schedule
+        return {"steps": plan.total, "warm-up steps": plan.warmup, "peak lr": plan.peak, "min lr": plan.floor}
+
     def _resume(self) -> None:
         spec = self.cfg.resume
         path = ckpt.resume_path(spec, self.run_dir)
@@ -272,11 +277,12 @@ class Trainer:
         if state.get("scaler") and self.precision.scaler.is_enabled():
             self.precision.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        planned = state.get("total_steps")
-        if planned is not None and int(planned) != self.total_steps and self.dist.is_main:
-            print(f"[mimx] the run was planned for {planned} steps, now {self.total_steps}: the lr schedule "
-                  f"(warm-up, cosine) is recomputed for {self.total_steps}, so the lr from step {self.step} on "
-                  "differs from the original plan", file=sys.stderr)
+        planned = state.get("schedule") or {"steps": state.get("total_steps")}  # older checkpoints: steps only
+        changed = [f"{key} {planned[key]:g} -> {value:g}" for key, value in self._schedule_plan().items()
+                   if planned.get(key) is not None and planned[key] != value]
+        if changed and self.dist.is_main:
+            print(f"[mimx] the lr schedule differs from the one this run started with ({', '.join(changed)}): "
+                  f"from step {self.step} on the lr follows the new one", file=sys.stderr)
         ranks = state.get("ranks", [])
         if len(ranks) == self.dist.world:
             mine = ranks[self.dist.rank]
@@ -356,6 +362,7 @@ class Trainer:
                 "config": self.config,
                 "step": self.step,
                 "total_steps": self.total_steps,
+                "schedule": self._schedule_plan(),
                 "model": model_state,
                 "optimizer": optimizer_state if self.sharded else self.optimizer.state_dict(),
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler.is_enabled() else None,
