@@ -218,6 +218,9 @@ def test_classes_json_beside_a_list_source(tmp_path):
     (tmp_path / "classes.json").write_text(json.dumps({"jump": 0}))
     with pytest.raises(UserError, match=r"classes.json is not a JSON list of class names"):
         list_sources(listing, {".mp4"})
+    (tmp_path / "classes.json").write_text(json.dumps(["jump", "run", "jump"]))
+    with pytest.raises(UserError, match=r"classes.json names class\(es\) 'jump' more than once"):
+        list_sources(listing, {".mp4"})
 
 
 def test_kinetics_list_to_shards_end_to_end(tmp_path, capsys):

@@ -352,6 +352,10 @@ def read_class_names(path: Path) -> list[str]:
         raise UserError(f"cannot read {path} ({exc}); expected a JSON list of class names") from None
     if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
         raise UserError(f"{path} is not a JSON list of class names; fix or remove it")
+    twice = sorted({c for c in names if names.count(c) > 1}) if len(set(names)) < len(names) else []
+    if twice:
+        raise UserError(f"{path} names class(es) {', '.join(map(repr, twice[:5]))} more than once, so a class id "
+                        "would not say which class it is; give each class one entry")
     return names
 
 
