@@ -33,19 +33,23 @@ def grid_size(spatial: Sequence[int], patch: Sequence[int], what: str = "input")
     return tuple(s // p for s, p in zip(spatial, patch, strict=True))
 
 
-def patchify(x: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
-    """``[B, C, *S] -> [B, L, prod(patch) * C]``."""
+def patchify(x: torch.Tensor, patch: Sequence[int], channels_first: bool = False) -> torch.Tensor:
+    """``[B, C, *S] -> [B, L, prod(patch) * C]``, each token's values in ``(patch axes..., channel)`` order, or
+    ``(channel, patch axes...)`` with ``channels_first``."""
     b, c, *spatial = x.shape
     grid = grid_size(spatial, patch)
     n = len(patch)
     shape = [b, c]
     for g, p in zip(grid, patch, strict=True):
         shape += [g, p]
-    x = x.reshape(shape)
     grid_axes = [2 + 2 * i for i in range(n)]
     patch_axes = [3 + 2 * i for i in range(n)]
-    x = x.permute(0, *grid_axes, *patch_axes, 1)
-    return x.reshape(b, math.prod(grid), math.prod(patch) * c)
+    # gathered channel first, rows of pixels stay contiguous: a channel-last gather from [B, C, *S] reads
+    # one value per channel plane at a time and was 10x slower on the CPU for a 16x224x224 clip
+    tokens = x.reshape(shape).permute(0, *grid_axes, 1, *patch_axes).reshape(b, math.prod(grid), c, -1)
+    if not channels_first and c > 1:
+        tokens = tokens.transpose(-1, -2)  # within each token: cheap
+    return tokens.reshape(b, math.prod(grid), math.prod(patch) * c)
 
 
 def unpatchify(tokens: torch.Tensor, patch: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
@@ -79,8 +83,20 @@ def normalize_patches(patches: torch.Tensor, channels: int | None = None, eps: f
     ``eps_outside`` divides by ``sqrt(var) + eps`` instead, as VideoMAE.
     """
     grouped = _grouped(patches, channels)
-    mean, var = _stats(grouped)
-    return ((grouped - mean) / _scale(var, eps, eps_outside)).flatten(-2)
+    mean, deviation, var = _stats(grouped, dim=-2)
+    return (deviation / _scale(var, eps, eps_outside)).flatten(-2)
+
+
+def normalized_patchify(x: torch.Tensor, patch: Sequence[int], per_channel: bool = False, eps: float = 1e-6,
+                        eps_outside: bool = False) -> torch.Tensor:
+    """``normalize_patches(patchify(x, patch), ...)`` (channels: ``C`` when ``per_channel``), computed with each
+    channel's values contiguous: the per-channel statistics of video tubelets 4x faster on the CPU."""
+    b, c = x.shape[:2]
+    if not per_channel or c == 1:
+        return normalize_patches(patchify(x, patch), None, eps, eps_outside)
+    grouped = patchify(x, patch, channels_first=True).unflatten(-1, (c, -1))  # [B, L, C, P]
+    _, deviation, var = _stats(grouped, dim=-1)
+    return (deviation / _scale(var, eps, eps_outside)).transpose(-1, -2).flatten(-2)
 
 
 def _grouped(patches: torch.Tensor, channels: int | None) -> torch.Tensor:
@@ -88,10 +104,15 @@ def _grouped(patches: torch.Tensor, channels: int | None) -> torch.Tensor:
     return patches.unsqueeze(-1) if channels is None else patches.unflatten(-1, (-1, channels))
 
 
-def _stats(grouped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # per group; the [..., groups] statistics broadcast, nothing of the token's size is materialised
-    var, mean = torch.var_mean(grouped, dim=-2, keepdim=True)
-    return mean, var
+def _stats(grouped: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, deviations from it and unbiased variance of each group along ``dim``.
+
+    Two passes, as ``torch.var_mean``, whose CPU kernel (Welford) was 10x slower for tubelet-sized groups."""
+    mean = grouped.mean(dim, keepdim=True)
+    deviation = grouped - mean
+    count = grouped.shape[dim]
+    var = torch.linalg.vector_norm(deviation, dim=dim, keepdim=True).square() / max(count - 1, 1)
+    return mean, deviation, var
 
 
 def denormalize_patches(
@@ -99,7 +120,7 @@ def denormalize_patches(
     eps_outside: bool = False,
 ) -> torch.Tensor:
     """Undo :func:`normalize_patches` with the statistics of ``reference`` (the original patches)."""
-    mean, var = _stats(_grouped(reference, channels))
+    mean, _, var = _stats(_grouped(reference, channels), dim=-2)
     return (_grouped(normalized, channels) * _scale(var, eps, eps_outside) + mean).flatten(-2)
 
 
@@ -129,8 +150,8 @@ class PatchTokenizer(nn.Module):
         grid = grid_size(x.shape[2:], self.patch)
         # the conv as one matmul over the patches (stride = kernel): the same result, and with a bf16
         # backward on the CPU about 3x faster for image patches, 6x for video tubelets
-        weight = self.proj.weight.movedim(1, -1).flatten(1)  # (patch..., channel) order, as patchify
-        return F.linear(patchify(x, self.patch), weight, self.proj.bias), grid
+        weight = self.proj.weight.flatten(1)  # (channel, patch...) order
+        return F.linear(patchify(x, self.patch, channels_first=True), weight, self.proj.bias), grid
 
     def reset_parameters(self) -> None:
         """MAE init: xavier-uniform on the flattened kernel (as for a linear layer), zero bias."""

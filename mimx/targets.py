@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from mimx.codebook import nearest_code
 from mimx.config import UserError
 from mimx.devices import DeviceConstant
-from mimx.patches import denormalize_patches, normalize_patches, patchify
+from mimx.patches import denormalize_patches, normalized_patchify, patchify
 
 
 class PixelTarget:
@@ -49,10 +49,10 @@ class PixelTarget:
         return x * self.std.on(x.device).view(shape) + self.mean.on(x.device).view(shape)
 
     def __call__(self, x: torch.Tensor, layout: Any) -> torch.Tensor:
-        target = patchify(self.pixels(x), self.patch)
-        if self.norm_pix:
-            target = normalize_patches(target, self.per_channel, self.eps, self.eps_outside)
-        return target
+        if not self.norm_pix:
+            return patchify(self.pixels(x), self.patch)
+        return normalized_patchify(self.pixels(x), self.patch, self.per_channel is not None, self.eps,
+                                   self.eps_outside)
 
     def denormalize(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Predicted patches back in the pixel space of :meth:`pixels`, using ``x``'s patch statistics."""

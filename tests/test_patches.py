@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from mimx.patches import PatchTokenizer, denormalize_patches, grid_size, normalize_patches, patchify, unpatchify
+from mimx.patches import (
+    PatchTokenizer,
+    denormalize_patches,
+    grid_size,
+    normalize_patches,
+    normalized_patchify,
+    patchify,
+    unpatchify,
+)
 
 
 @pytest.mark.parametrize("shape,patch", [((2, 3, 32, 48), (8, 8)), ((1, 1, 12, 20), (4, 4)),
@@ -37,6 +45,25 @@ def test_norm_pix_roundtrip():
     c = normalize_patches(p, channels=3)
     assert torch.allclose(denormalize_patches(c, p, channels=3), p, atol=1e-4)
 
+
+
+@pytest.mark.parametrize("shape,patch", [((2, 3, 8, 12), (4, 4)), ((2, 3, 4, 16, 8), (2, 8, 4)),
+                                         ((1, 1, 4, 4), (2, 2))])
+def test_channel_first_order_and_fused_normalisation(shape, patch):
+    x = torch.rand(shape) * 4 - 1
+    c = shape[1]
+    plain = patchify(x, patch)
+    first = patchify(x, patch, channels_first=True)
+    assert torch.equal(first.unflatten(-1, (c, -1)).transpose(-1, -2).flatten(-2), plain)
+    for per_channel in (False, True):
+        for eps_outside in (False, True):
+            fused = normalized_patchify(x, patch, per_channel, 1e-6, eps_outside)
+            reference = normalize_patches(plain, c if per_channel else None, 1e-6, eps_outside)
+            torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+            grouped = plain.unflatten(-1, (-1, c)) if per_channel else plain.unsqueeze(-1)
+            var, mean = torch.var_mean(grouped, dim=-2, keepdim=True)  # the definition, unbiased
+            scale = var.sqrt() + 1e-6 if eps_outside else (var + 1e-6).sqrt()
+            torch.testing.assert_close(fused, ((grouped - mean) / scale).flatten(-2), rtol=1e-5, atol=1e-5)
 
 @pytest.mark.parametrize("shape, patch", [((2, 3, 12), (4,)), ((2, 3, 8, 12), (4, 4)), ((2, 3, 4, 8, 8), (2, 4, 4))])
 def test_tokenizer_matches_its_convolution(shape, patch):
