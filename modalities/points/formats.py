@@ -59,7 +59,7 @@ def _uniform_lists(table: np.ndarray, column: int) -> int | None:
     """The length every record's list has when ``column`` of ``table`` holds list lengths, else None."""
     counts = table[:, column]
     n = counts[0]
-    if n < 0 or n != int(n) or not np.all(counts == n) or column + 1 + int(n) > table.shape[1]:
+    if not np.isfinite(n) or n < 0 or n != int(n) or not np.all(counts == n) or column + 1 + int(n) > table.shape[1]:
         return None
     return int(n)
 
