@@ -322,11 +322,13 @@ def read_pcd(data: bytes) -> np.ndarray:
         if len(lines) < points:
             raise ValueError(f"the header announces {points} points, the file holds {len(lines)}")
         width = sum(counts)
-        rows = [line.split()[:width] for line in lines[:points]]
-        short = next((i for i, row in enumerate(rows) if len(row) < width), None)
-        if short is not None:
-            raise ValueError(f"point {short} has {len(rows[short])} values, the fields take {width}")
-        table = np.array(rows, dtype=np.float64).reshape(points, width)
+        table = _table(lines[:points], usecols=tuple(range(width)))
+        if table is None:  # record by record, to name the bad point
+            rows = [line.split()[:width] for line in lines[:points]]
+            short = next((i for i, row in enumerate(rows) if len(row) < width), None)
+            if short is not None:
+                raise ValueError(f"point {short} has {len(rows[short])} values, the fields take {width}")
+            table = np.array(rows, dtype=np.float64).reshape(points, width)
         column = np.cumsum([0] + counts)
         return np.column_stack([table[:, column[names.index(k)]] for k in "xyz"]).astype(np.float32)
     if mode == "binary":
