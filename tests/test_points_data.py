@@ -149,6 +149,7 @@ BIN4 = (b"ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float
     (PLY3 + b"end_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1\n", "ply", "face record '3 0 1' does not match"),
     (PLY3 + b"end_header\n0 0 0\n1 0 0\n0 1 0\n1 1 0\n3 0 1 2\n", "ply", "1 value.s. more than the header"),
     (BIN4 + b"\x03" + np.array([0, 1, 2], "<i4").tobytes() + b"\xff" + bytes(12), "ply", "list of length -1"),
+    (b"FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nPOINTS 2\nDATA ascii\n0 0 0\n1 1\n", "pcd", "point 1 has 2 values"),
     (b"v 0 0\nv 1 0\nv 0 1\n", "obj", "not a vertex or face"),
     (b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n", "obj", "ids start at 1"),
     (b"solid exporter" + bytes(66) + (4).to_bytes(4, "little") + bytes(100), "stl", "no facet read"),
