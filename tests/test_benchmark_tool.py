@@ -64,3 +64,29 @@ def test_rel_pos_command_times_both_position_kinds():
                           "--threads", "1", "--device", "cpu"], capture_output=True, text=True, check=True).stdout
     assert "| fixed sin-cos (absolute) |" in out and "| shared relative position bias |" in out, out
     assert float(out.split("relative / sin-cos speed: ")[1].split("x")[0]) > 0
+
+
+def test_step_flops_count_attention_matmuls():
+    """torch's FlopCounterMode counts nothing for the CPU fused attention kernel; the benchmark's count must."""
+    import argparse
+    import importlib.util
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mimx.modalities.image import mae_vit
+
+    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = argparse.Namespace(modality="image", model="tiny", batch=2, image=32, patch=8, mask_ratio=0.75)
+    counted = tool.step_flops(args)
+    model = mae_vit("tiny", img_size=32, patch_size=8, masking={"kind": "random", "ratio": 0.75})
+    without = FlopCounterMode(display=False)
+    with without:  # the model's default (fused) attention: attention's matmuls go uncounted
+        model(torch.randn(2, 3, 32, 32), generator=torch.Generator().manual_seed(0)).loss.backward()
+    c = model.config
+    # per block, QK^T and AV: 2 matmuls of B*N*N*D multiply-adds forward, twice that backward = 12 B N^2 D FLOPs
+    encoder, decoder = 16 // 4 + 1, 16 + 1  # visible tokens + cls; every token + cls
+    attention = 12 * 2 * (c.depth * encoder**2 * c.embed_dim + c.decoder_depth * decoder**2 * c.decoder_dim)
+    assert counted - without.get_total_flops() == attention
