@@ -124,6 +124,17 @@ def denormalize_patches(
     return (_grouped(normalized, channels) * _scale(var, eps, eps_outside) + mean).flatten(-2)
 
 
+def embed_patches(x: torch.Tensor, proj: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``proj`` (a ConvNd with stride = kernel) on ``[B, C, *S]`` as one matmul over the channel-first patches:
+    tokens ``[B, L, D]`` and their grid.
+
+    The same result as the convolution, and with a bf16 backward on the CPU about 3x faster for image patches,
+    6x for video tubelets."""
+    patch = tuple(proj.kernel_size)
+    grid = grid_size(x.shape[2:], patch)
+    return F.linear(patchify(x, patch, channels_first=True), proj.weight.flatten(1), proj.bias), grid
+
+
 class PatchTokenizer(nn.Module):
     """Linear embedding of non-overlapping N-D patches (a ConvNd with stride = kernel).
 
@@ -147,11 +158,7 @@ class PatchTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         if x.shape[1] != self.in_chans:
             raise ValueError(f"input has {x.shape[1]} channels, the model expects {self.in_chans}")
-        grid = grid_size(x.shape[2:], self.patch)
-        # the conv as one matmul over the patches (stride = kernel): the same result, and with a bf16
-        # backward on the CPU about 3x faster for image patches, 6x for video tubelets
-        weight = self.proj.weight.flatten(1)  # (channel, patch...) order
-        return F.linear(patchify(x, self.patch, channels_first=True), weight, self.proj.bias), grid
+        return embed_patches(x, self.proj)
 
     def reset_parameters(self) -> None:
         """MAE init: xavier-uniform on the flattened kernel (as for a linear layer), zero bias."""

@@ -133,6 +133,32 @@ def test_segmentation_loss_ignores_out_of_range_ids():
     torch.testing.assert_close(model.task_loss("semseg", logits.flatten(2), ids, hidden), expected)
 
 
+@pytest.mark.parametrize("batch", [1, 6], ids=["embedded-map-matmul", "class-table"])
+def test_class_map_tokens_equal_the_embedding_then_patch_convolution(batch):
+    """The class-map adapter skips the embedded map (a per-pixel table, or one matmul): the convolution's result."""
+    from torch.nn import functional as F
+
+    from mimx.modalities.multimodal.adapters import InputAdapter
+
+    torch.manual_seed(0)
+    adapter = InputAdapter("classes", 1, 4, 24, num_classes=5, class_dim=8)
+    with torch.no_grad():
+        adapter.proj.bias.normal_()
+    ids = torch.randint(-1, 7, (batch, 8, 12))  # out-of-range ids and 255-style ignores share the extra entry
+    ids[0, 0, 0] = 255
+    tokens = adapter(ids)
+    known = torch.where((ids < 0) | (ids >= 5), 5, ids)
+    conv = F.conv2d(adapter.class_embed(known).permute(0, 3, 1, 2), adapter.proj.weight, adapter.proj.bias, stride=4)
+    reference = conv.flatten(2).transpose(1, 2) + adapter.pos((2, 3), ids.device) + adapter.modality_embed
+    torch.testing.assert_close(tokens, reference, rtol=1e-5, atol=1e-5)
+    mine = torch.autograd.grad(tokens.square().sum(), [adapter.class_embed.weight, adapter.proj.weight,
+                                                       adapter.proj.bias])
+    theirs = torch.autograd.grad(reference.square().sum(), [adapter.class_embed.weight, adapter.proj.weight,
+                                                            adapter.proj.bias])
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_a_fourth_modality_and_a_target_only_task_are_config_entries():
     modalities = {"rgb": {"kind": "pixels", "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3},
                   "depth": {"kind": "depth"},
