@@ -184,12 +184,16 @@ class ShardStream(IterableDataset):
         """How many readers the data can feed, one shard (or sample) each at least; None: any number."""
         return None if self.resampled else len(self.urls)
 
-    def check_split(self, num_workers: int) -> None:
-        """Every rank needs a shard unless shards are resampled (workers are fitted by :meth:`fit_workers`)."""
-        if not self.resampled and len(self.urls) < self.world:
-            raise UserError(
-                f"data.shards has {len(self.urls)} shard(s) but {self.world} rank(s) each need at least one: write "
-                "smaller shards (shards --max-size), or set data.resampled=true")
+    def check_split(self) -> None:
+        """Every rank needs one of the :meth:`units` (workers are fitted by :meth:`fit_workers`)."""
+        units = self.units()
+        if units is not None and units < self.world:
+            raise UserError(self.too_few(units))
+
+    def too_few(self, units: int) -> str:
+        """The error when ``units`` cannot give each rank one."""
+        return (f"data.shards has {units} shard(s) but {self.world} rank(s) each need at least one: write smaller "
+                "shards (shards --max-size), or set data.resampled=true")
 
     def fit_workers(self, num_workers: int) -> int:
         """``num_workers``, lowered (with a note) so that every worker of every rank has a shard to read."""
@@ -319,9 +323,8 @@ class MemoryStream(ShardStream):
     def units(self) -> int | None:
         return len(self.samples)
 
-    def check_split(self, num_workers: int) -> None:
-        if len(self.samples) < self.world:
-            raise UserError(f"{len(self.samples)} sample(s) in memory for {self.world} processes; each needs one")
+    def too_few(self, units: int) -> str:
+        return f"{units} sample(s) in memory for {self.world} processes; each needs one"
 
     def epoch_source(self, epoch: int, worker: int, num_workers: int, skips: list[str]) -> Iterator[dict[str, Any]]:
         return iter(self.samples[self.rank :: self.world][worker::num_workers])
@@ -403,10 +406,9 @@ class FileListStream(ShardStream):
     def units(self) -> int | None:
         return None if self.resampled else len(self.items)
 
-    def check_split(self, num_workers: int) -> None:
-        if not self.resampled and len(self.items) < self.world:
-            raise UserError(f"{self.list_path} names {len(self.items)} file(s) for {self.world} rank(s); each needs "
-                            "one: set data.resampled=true")
+    def too_few(self, units: int) -> str:
+        return (f"{self.list_path} names {units} file(s) for {self.world} rank(s); each needs one: set "
+                "data.resampled=true")
 
     def epoch_items(self, epoch: int, worker: int, num_workers: int) -> list[tuple[Path, int]]:
         """Files read by ``worker`` of this rank in ``epoch``."""
@@ -464,7 +466,7 @@ class StreamLoader:
 
     def __init__(self, stream: ShardStream, *, num_workers: int = 2, pin_memory: bool = False,
                  prefetch_factor: int = 4, timeout: float = 0) -> None:
-        stream.check_split(num_workers)
+        stream.check_split()
         num_workers = stream.fit_workers(num_workers)
         self.stream = stream
         self.num_workers = num_workers
