@@ -1,7 +1,7 @@
 """``mimx points shards SRC OUT``: a folder of clouds/meshes (class subfolders give labels) or a list to shards.
 
-Each source is read (numpy readers for .ply/.pcd/.obj/.stl/.off/.npy/.npz/.xyz/.pts/.txt, a built-in
-reader for .off; meshes are sampled on their surface), cleaned of NaN/inf points, optionally
+Each source is read (``io.read_points``: numpy readers for .ply/.pcd/.obj/.stl/.off/.npy/.npz/.xyz/.pts/.txt;
+meshes are sampled on their surface), cleaned of NaN/inf points, optionally
 capped to ``--max-points`` (random subset), and stored as float32 ``npy`` with ``cls`` and ``json``.
 A source that cannot be read or holds no finite point is skipped and listed at the end.
 """
